@@ -1,0 +1,126 @@
+// Files: whole-file reads, atomic writes, read-only memory maps.
+#include "base/file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <random>
+
+namespace sdstack::base {
+namespace {
+
+std::string os_error(const std::string& what, const std::string& path) {
+  return path + ": " + what + ": " + std::strerror(errno);
+}
+
+}  // namespace
+
+Result<std::string> read_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return not_found(path + ": no such file");
+    return io_error(os_error("cannot open", path));
+  }
+  std::string contents;
+  char buffer[1 << 16];
+  for (;;) {
+    ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      Status status = io_error(os_error("cannot read", path));
+      ::close(fd);
+      return status;
+    }
+    if (n == 0) break;
+    contents.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return contents;
+}
+
+Status write_file_atomic(const std::string& path, std::string_view contents) {
+  std::random_device random;
+  std::string temp_path = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(random());
+  int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return io_error(os_error("cannot create", temp_path));
+  size_t written = 0;
+  while (written < contents.size()) {
+    ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      Status status = io_error(os_error("cannot write", path));
+      ::close(fd);
+      ::unlink(temp_path.c_str());
+      return status;
+    }
+    written += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    Status status = io_error(os_error("cannot flush", path));
+    ::unlink(temp_path.c_str());
+    return status;
+  }
+  if (::rename(temp_path.c_str(), path.c_str()) != 0) {
+    Status status = io_error(os_error("cannot rename into place", path));
+    ::unlink(temp_path.c_str());
+    return status;
+  }
+  return Status::ok();
+}
+
+Result<std::shared_ptr<MappedFile>> MappedFile::open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return not_found(path + ": no such file");
+    return io_error(os_error("cannot open", path));
+  }
+  struct stat info;
+  if (::fstat(fd, &info) != 0) {
+    Status status = io_error(os_error("cannot stat", path));
+    ::close(fd);
+    return status;
+  }
+  if (!S_ISREG(info.st_mode)) {
+    ::close(fd);
+    return invalid_argument(path + ": not a regular file");
+  }
+  size_t size = static_cast<size_t>(info.st_size);
+  const uint8_t* data = nullptr;
+  if (size > 0) {
+    void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (mapped == MAP_FAILED) {
+      Status status = io_error(os_error("cannot mmap", path));
+      ::close(fd);
+      return status;
+    }
+    data = static_cast<const uint8_t*>(mapped);
+  }
+  ::close(fd);  // the mapping keeps the file alive
+  return std::shared_ptr<MappedFile>(new MappedFile(path, data, size));
+}
+
+MappedFile::~MappedFile() {
+  if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+bool file_exists(const std::string& path) {
+  struct stat info;
+  return ::stat(path.c_str(), &info) == 0 && S_ISREG(info.st_mode);
+}
+
+bool is_directory(const std::string& path) {
+  struct stat info;
+  return ::stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode);
+}
+
+std::string join_path(const std::string& a, const std::string& b) {
+  if (a.empty()) return b;
+  if (a.back() == '/') return a + b;
+  return a + "/" + b;
+}
+
+}  // namespace sdstack::base

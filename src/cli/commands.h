@@ -1,0 +1,28 @@
+// The command table: every `sdstack` subcommand, its one-line help and its handler.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace sdstack::cli {
+
+// A handler gets the arguments after the command name (argv[0] is "sdstack <command>") and
+// returns the process exit status.
+using Handler = int (*)(int argc, char** argv);
+
+struct Command {
+  const char* name;
+  const char* summary;
+  Handler run;
+};
+
+const std::vector<Command>& commands();
+
+// The whole program: dispatches argv[1] through the table.
+int main(int argc, char** argv);
+
+// Handlers, one file each.
+int run_tokenize(int argc, char** argv);
+int run_encode(int argc, char** argv);
+
+}  // namespace sdstack::cli

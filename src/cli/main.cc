@@ -1,0 +1,62 @@
+// `sdstack`: the command table and the dispatch to one handler per command.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "base/strings.h"
+#include "cli/commands.h"
+#include "cli/version.h"
+
+namespace sdstack::cli {
+
+const std::vector<Command>& commands() {
+  static const std::vector<Command> table = {
+      {"tokenize", "Print the CLIP token ids of a prompt", run_tokenize},
+      {"encode", "Compute a prompt's CLIP text embedding and save it as .npy", run_encode},
+  };
+  return table;
+}
+
+namespace {
+
+void print_usage(std::FILE* out) {
+  std::fprintf(out,
+               "sdstack %s: Stable Diffusion, run locally and on clusters.\n\n"
+               "Usage: sdstack <command> [options]\n\nCommands:\n",
+               kVersion);
+  for (const Command& command : commands()) std::fprintf(out, "  %-10s %s\n", command.name, command.summary);
+  std::fprintf(out, "\nRun 'sdstack <command> --help' for a command's options.\n");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    print_usage(stderr);
+    return 2;
+  }
+  std::string name = argv[1];
+  if (name == "-h" || name == "--help" || name == "help") {
+    print_usage(stdout);
+    return 0;
+  }
+  if (name == "-V" || name == "--version" || name == "version") {
+    std::printf("sdstack %s\n", kVersion);
+    return 0;
+  }
+  std::vector<std::string> names;
+  for (const Command& command : commands()) {
+    if (name == command.name) {
+      std::string program = std::string("sdstack ") + command.name;
+      std::vector<char*> args(argv + 1, argv + argc);
+      args[0] = program.data();
+      return command.run(static_cast<int>(args.size()), args.data());
+    }
+    names.push_back(command.name);
+  }
+  std::fprintf(stderr, "sdstack: unknown command '%s'%s\nRun 'sdstack --help' for the list of commands.\n",
+               name.c_str(), base::did_you_mean(name, names).c_str());
+  return 2;
+}
+
+}  // namespace sdstack::cli

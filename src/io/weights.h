@@ -1,0 +1,37 @@
+// A model component's weights, possibly spread over shards, looked up by checkpoint name.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+
+namespace sdstack::io {
+
+// The tensors of one component (unet, vae, text_encoder), from one or more safetensors files.
+// Lookups check names and shapes and name the file and the tensor on error. Thread-safe.
+class WeightSet {
+ public:
+  // Opens every file (shards); a tensor present in two files is an error naming both.
+  static base::Result<WeightSet> open(const std::vector<std::string>& paths);
+
+  bool contains(const std::string& name) const;
+  std::vector<std::string> names() const;
+  // A human description for messages: the file, or "N shards in DIR".
+  std::string source() const;
+
+  // The tensor, which must exist and have `expected` shape. Errors read like
+  //   unet/diffusion_pytorch_model.safetensors: tensor 'conv_in.weight' has shape [32,4,3,3], expected [32,4,1,1]
+  //   unet/diffusion_pytorch_model.safetensors: missing tensor 'conv_in.bias' (did you mean ...?)
+  base::Result<Tensor> get(const std::string& name, const Shape& expected) const;
+  // The tensor with whatever shape it has.
+  base::Result<Tensor> get(const std::string& name) const;
+
+ private:
+  std::vector<std::shared_ptr<SafetensorsFile>> files_;
+  std::map<std::string, std::pair<size_t, const TensorInfo*>> index_;  // name -> (file, info)
+};
+
+}  // namespace sdstack::io

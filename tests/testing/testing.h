@@ -1,0 +1,52 @@
+// Helpers shared by the tests: golden data, random tensors, comparisons, temp dirs, running sdstack.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "tensor/tensor.h"
+
+namespace sdstack::testing {
+
+// ../shared/golden (set at configure time; SDSTACK_GOLDEN_DIR in the environment overrides).
+std::string golden_dir();
+// True when the golden data is present; tests that need it GTEST_SKIP() otherwise.
+bool have_golden();
+
+// A tensor of f32 values uniform in [lo, hi), reproducible from `seed`.
+tensor::Tensor random_tensor(const tensor::Shape& shape, uint64_t seed, float lo = -1.0f, float hi = 1.0f);
+
+// max |a - b| over all elements; the shapes must match (checked by the caller).
+float max_abs_diff(const tensor::Tensor& a, const tensor::Tensor& b);
+// max |a - b| / (|b| + 1): a relative error that stays finite near zero.
+float max_rel_diff(const tensor::Tensor& a, const tensor::Tensor& b);
+
+// A fresh empty directory under $TMPDIR, removed when the object dies.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+// Runs the built sdstack binary with `args` (each passed as one argument, no shell).
+CommandResult run_sdstack(const std::vector<std::string>& args);
+
+void write_text_file(const std::string& path, const std::string& contents);
+
+}  // namespace sdstack::testing
