@@ -25,11 +25,28 @@ struct TensorInfo {
   size_t end = 0;
 };
 
+// A tensor stored in a dtype that safetensors defines but sdstack does not compute with (the I64
+// `position_ids` buffer that transformers saves in CLIP text encoders, say). Its header entry is
+// validated like any other so the file's layout is known to be sound, but it is not exposed as a
+// Tensor: asking for it by name (WeightSet::get) is an error naming the tensor and its dtype.
+struct UnreadableTensor {
+  std::string name;
+  std::string dtype;  // as written in the file: "I64", "F64", "BOOL", ...
+  Shape shape;
+  size_t begin = 0;
+  size_t end = 0;
+};
+
 // An open safetensors file. open() validates the whole header before any tensor data is touched:
 // header length within the file and under 100 MB, valid JSON, known dtypes (F32, F16, BF16;
 // others are refused by name), non-negative shapes, offsets inside the data section, in order,
 // not overlapping, and each tensor's byte size equal to numel * dtype size. Every error names
 // the file and, where there is one, the tensor. Thread-safe once open.
+//
+// "Refused by name" in detail: a dtype string safetensors does not define is an error at open();
+// a defined one sdstack does not read (I64, F64, U8, BOOL, F8_*, ...) is validated and listed in
+// unreadable_tensors(), and refused when a caller asks for that tensor (see
+// unreadable_tensor_error), because real checkpoints carry such buffers next to the weights.
 class SafetensorsFile {
  public:
   static base::Result<std::shared_ptr<SafetensorsFile>> open(const std::string& path);
@@ -43,16 +60,31 @@ class SafetensorsFile {
   // A read-only view into the mapping; it keeps the file mapped while it lives.
   Tensor tensor(const TensorInfo& info) const;
 
+  // Tensors in dtypes sdstack does not read, in the order of their offsets.
+  const std::vector<UnreadableTensor>& unreadable_tensors() const { return unreadable_; }
+  // nullptr when absent (or when the tensor is readable).
+  const UnreadableTensor* find_unreadable(const std::string& name) const;
+
  private:
   SafetensorsFile() = default;
   std::shared_ptr<base::MappedFile> file_;
   size_t data_offset_ = 0;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, size_t> index_;
+  std::vector<UnreadableTensor> unreadable_;
+  std::map<std::string, size_t> unreadable_index_;
   std::map<std::string, std::string> metadata_;
 };
 
-// Writes the named tensors (any dtype, any strides) as a safetensors file, atomically.
+// "FILE: tensor 'x' has dtype I64; sdstack reads F32, F16 and BF16 tensors only" (kUnsupported).
+// `file` is how the caller names the file in messages.
+base::Status unreadable_tensor_error(const std::string& file, const UnreadableTensor& info);
+
+// Writes the named tensors (any dtype, any strides) as a safetensors file, atomically: the
+// data is streamed to a temporary file in the same folder, flushed and renamed over `path`.
+// Each tensor keeps its dtype. As the reference writer does, the header is padded with spaces
+// to a multiple of 8 bytes and the data is laid out contiguously, larger dtypes first and then
+// by name, so every tensor is aligned to its element size. Duplicate names are an error.
 base::Status write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                                const std::map<std::string, std::string>& metadata = {});
 

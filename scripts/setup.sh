@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs the Debian packages sdstack needs (when any is missing) and builds it in Release.
+# Idempotent: a second run installs nothing and rebuilds only what changed.
+# Usage: scripts/setup.sh [BUILD_DIR]   (default: build)
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+build_dir="${1:-build}"
+
+packages=(
+  build-essential cmake ninja-build pkg-config git
+  libdnnl-dev          # oneDNN: CPU convolutions, matmuls
+  nlohmann-json3-dev   # JSON: configs, safetensors headers
+  libcli11-dev         # command-line parsing
+  libutf8proc-dev      # Unicode classes and NFC for the CLIP tokenizer
+  libgtest-dev libgmock-dev  # tests
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$package")
+  fi
+done
+
+if ((${#missing[@]} > 0)); then
+  echo "setup: installing ${missing[*]}"
+  sudo=""
+  if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSDSTACK_WERROR=ON >/dev/null
+cmake --build "$build_dir" --parallel "$(nproc)"
+echo "setup: built $build_dir/sdstack"

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets up (packages, Release build) and runs every test with CTest.
+# Usage: scripts/test.sh [ctest arguments...]   e.g. scripts/test.sh -L text
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+scripts/setup.sh build
+cd build
+ctest --output-on-failure --parallel "$(nproc)" "$@"

@@ -1,0 +1,156 @@
+// Normalisation CPU kernels: group norm over NHWC with SiLU fused, layer norm and softmax over the
+// last dim. Statistics accumulate in double so that they match the (double) reference closely.
+#include <cassert>
+#include <cmath>
+#include <vector>
+
+#include <omp.h>
+
+#include "backend/cpu/cpu_internal.h"
+#include "backend/cpu/vec_math.h"
+
+namespace sdstack::backend::cpu {
+namespace {
+
+// Pixels summed in float per channel before flushing into the double sums: the float partial sums
+// stay short (<= 64 terms) and the inner loop runs across channels, contiguous and vectorised.
+constexpr int64_t kFlushPixels = 64;
+
+}  // namespace
+
+// x, y: [N, HW, C] viewed as pixels of C channels; group g = channels [g Cg, (g+1) Cg).
+// Pass 1: per-channel sum and sum of squares (double), reduced to per-group mean and variance.
+// Pass 2: y = x * a[c] + b[c] with a = gamma rstd, b = beta - mean a, then the activation.
+void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_t groups, float eps,
+                Activation act, Tensor& y) {
+  assert(x.dtype() == DType::kF32 && x.is_contiguous() && y.is_contiguous() && x.numel() == y.numel());
+  assert(act == Activation::kNone || act == Activation::kSiLU);
+  const int64_t n = x.dim(0), c = x.dim(-1);
+  const int64_t pixels = x.numel() / (n * c);
+  assert(c % groups == 0);
+  const int64_t group_size = c / groups;
+  const std::vector<float> g = gamma.to_vector();
+  const std::vector<float> b = beta.to_vector();
+  const float* in = x.data<float>();
+  float* out = y.data<float>();
+
+  // Per (image, channel) scale and shift for pass 2.
+  std::vector<float> channel_scale(static_cast<size_t>(n * c)), channel_shift(static_cast<size_t>(n * c));
+  const int threads = omp_get_max_threads();
+  std::vector<double> sums(static_cast<size_t>(threads) * 2 * c);
+  for (int64_t img = 0; img < n; ++img) {
+    const float* xi = in + img * pixels * c;
+    std::fill(sums.begin(), sums.end(), 0.0);
+#pragma omp parallel
+    {
+      // Each thread sums a contiguous range of pixels into its own per-channel doubles.
+      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+      const int64_t begin = pixels * t / nt, end = pixels * (t + 1) / nt;
+      double* sum = sums.data() + static_cast<size_t>(t) * 2 * c;
+      double* sum_sq = sum + c;
+      std::vector<float> part(static_cast<size_t>(c)), part_sq(static_cast<size_t>(c));
+      for (int64_t p0 = begin; p0 < end; p0 += kFlushPixels) {
+        const int64_t p1 = p0 + kFlushPixels < end ? p0 + kFlushPixels : end;
+        for (int64_t ch = 0; ch < c; ++ch) part[ch] = part_sq[ch] = 0.0f;
+        for (int64_t p = p0; p < p1; ++p) {
+          const float* row = xi + p * c;
+          for (int64_t ch = 0; ch < c; ++ch) {
+            part[ch] += row[ch];
+            part_sq[ch] += row[ch] * row[ch];
+          }
+        }
+        for (int64_t ch = 0; ch < c; ++ch) {
+          sum[ch] += part[ch];
+          sum_sq[ch] += part_sq[ch];
+        }
+      }
+    }
+    const double count = static_cast<double>(pixels * group_size);
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      double s = 0.0, ss = 0.0;
+      for (int t = 0; t < threads; ++t) {
+        const double* sum = sums.data() + static_cast<size_t>(t) * 2 * c;
+        for (int64_t ch = grp * group_size; ch < (grp + 1) * group_size; ++ch) {
+          s += sum[ch];
+          ss += sum[c + ch];
+        }
+      }
+      const double mean = s / count;
+      const double var = std::max(ss / count - mean * mean, 0.0);  // biased, as torch
+      const double rstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
+      for (int64_t ch = grp * group_size; ch < (grp + 1) * group_size; ++ch) {
+        const double a = static_cast<double>(g[ch]) * rstd;
+        channel_scale[img * c + ch] = static_cast<float>(a);
+        channel_shift[img * c + ch] = static_cast<float>(static_cast<double>(b[ch]) - mean * a);
+      }
+    }
+  }
+
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < n * pixels; ++row) {
+    const int64_t img = row / pixels;
+    const float* a = channel_scale.data() + img * c;
+    const float* sh = channel_shift.data() + img * c;
+    const float* xr = in + row * c;
+    float* yr = out + row * c;
+    if (act == Activation::kSiLU) {
+      for (int64_t ch = 0; ch < c; ++ch) yr[ch] = silu(xr[ch] * a[ch] + sh[ch]);
+    } else {
+      for (int64_t ch = 0; ch < c; ++ch) yr[ch] = xr[ch] * a[ch] + sh[ch];
+    }
+  }
+}
+
+// x, y: [rows, C]; each row is in cache for the three short passes (mean, variance, normalise).
+void layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, Tensor& y) {
+  assert(x.dtype() == DType::kF32 && x.is_contiguous() && y.is_contiguous() && x.numel() == y.numel());
+  const int64_t c = x.dim(-1);
+  const int64_t rows = x.numel() / c;
+  const std::vector<float> g = gamma.to_vector();
+  const std::vector<float> b = beta.to_vector();
+  const float* gp = g.data();
+  const float* bp = b.data();
+  const float* in = x.data<float>();
+  float* out = y.data<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = in + r * c;
+    float* yr = out + r * c;
+    double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < c; ++i) sum += xr[i];
+    const double mean = sum / static_cast<double>(c);
+    double sum_sq = 0.0;
+#pragma omp simd reduction(+ : sum_sq)
+    for (int64_t i = 0; i < c; ++i) {
+      const double d = xr[i] - mean;
+      sum_sq += d * d;
+    }
+    const float rstd = static_cast<float>(1.0 / std::sqrt(sum_sq / static_cast<double>(c) + eps));
+    const float m = static_cast<float>(mean);
+    for (int64_t i = 0; i < c; ++i) yr[i] = (xr[i] - m) * rstd * gp[i] + bp[i];
+  }
+}
+
+// x, y: [rows, cols], max-subtracted so large logits do not overflow. y may alias x.
+void softmax_rows(const float* x, float* y, int64_t rows, int64_t cols) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * cols;
+    float* yr = y + r * cols;
+    float mx = xr[0];
+#pragma omp simd reduction(max : mx)
+    for (int64_t i = 0; i < cols; ++i) mx = xr[i] > mx ? xr[i] : mx;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < cols; ++i) {
+      const float e = exp_approx(xr[i] - mx);
+      yr[i] = e;
+      sum += e;
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t i = 0; i < cols; ++i) yr[i] *= inv;
+  }
+}
+
+}  // namespace sdstack::backend::cpu

@@ -1,0 +1,49 @@
+// exp, erf and the activations as branch-free float code that GCC auto-vectorises in plain loops
+// (glibc's expf/erff are calls it cannot vectorise without -ffast-math, which we do not use).
+#pragma once
+
+#include <cstdint>
+
+#include "backend/backend.h"
+
+namespace sdstack::backend::cpu {
+
+// e^x, within ~2 ulp of expf over [-87, 88] (Cephes' polynomial); inputs are clamped to that range,
+// so the result is never inf or a denormal.
+inline float exp_approx(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  // n = round(x / ln 2) by the 1.5 * 2^23 trick: floorf/nearbyintf would block vectorisation.
+  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  // r = x - n ln2 in two steps (ln 2 split in a high part exact in float and a low part).
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, n in [-126, 127]
+  return p * __builtin_bit_cast(float, bits);
+}
+
+// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7, well below the f32 tolerances).
+inline float erf_approx(float x) {
+  float a = x < 0.0f ? -x : x;
+  float t = 1.0f / (1.0f + 0.3275911f * a);
+  float p = 1.061405429f;
+  p = p * t - 1.453152027f;
+  p = p * t + 1.421413741f;
+  p = p * t - 0.284496736f;
+  p = p * t + 0.254829592f;
+  float e = 1.0f - p * t * exp_approx(-a * a);
+  return x < 0.0f ? -e : e;
+}
+
+inline float silu(float x) { return x / (1.0f + exp_approx(-x)); }
+inline float gelu(float x) { return 0.5f * x * (1.0f + erf_approx(x * 0.70710678118654752f)); }
+inline float quick_gelu(float x) { return x / (1.0f + exp_approx(-1.702f * x)); }
+
+}  // namespace sdstack::backend::cpu
