@@ -34,13 +34,11 @@ struct DTypeSpec {
 };
 
 constexpr DTypeSpec kDTypes[] = {
-    {"F32", 32, DType::kF32}, {"F16", 16, DType::kF16},   {"BF16", 16, DType::kBF16},
-    {"F64", 64, std::nullopt}, {"I64", 64, std::nullopt}, {"U64", 64, std::nullopt},
-    {"I32", 32, std::nullopt}, {"U32", 32, std::nullopt}, {"I16", 16, std::nullopt},
-    {"U16", 16, std::nullopt}, {"I8", 8, std::nullopt},   {"U8", 8, std::nullopt},
-    {"BOOL", 8, std::nullopt}, {"F8_E4M3", 8, std::nullopt}, {"F8_E5M2", 8, std::nullopt},
-    {"F8_E8M0", 8, std::nullopt}, {"C64", 64, std::nullopt}, {"F6_E2M3", 6, std::nullopt},
-    {"F6_E3M2", 6, std::nullopt}, {"F4", 4, std::nullopt},
+    {"F32", 32, DType::kF32},  {"F16", 16, DType::kF16},     {"BF16", 16, DType::kBF16},   {"F64", 64, std::nullopt},
+    {"I64", 64, std::nullopt}, {"U64", 64, std::nullopt},    {"I32", 32, std::nullopt},    {"U32", 32, std::nullopt},
+    {"I16", 16, std::nullopt}, {"U16", 16, std::nullopt},    {"I8", 8, std::nullopt},      {"U8", 8, std::nullopt},
+    {"BOOL", 8, std::nullopt}, {"F8_E4M3", 8, std::nullopt}, {"F8_E5M2", 8, std::nullopt}, {"F8_E8M0", 8, std::nullopt},
+    {"C64", 64, std::nullopt}, {"F6_E2M3", 6, std::nullopt}, {"F6_E3M2", 6, std::nullopt}, {"F4", 4, std::nullopt},
 };
 
 const DTypeSpec* find_dtype(const std::string& name) {
@@ -52,9 +50,12 @@ const DTypeSpec* find_dtype(const std::string& name) {
 
 const char* safetensors_dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return "F32";
-    case DType::kF16: return "F16";
-    case DType::kBF16: return "BF16";
+    case DType::kF32:
+      return "F32";
+    case DType::kF16:
+      return "F16";
+    case DType::kBF16:
+      return "BF16";
   }
   return "?";
 }
@@ -156,8 +157,9 @@ Result<Entry> parse_entry(const std::string& path, const std::string& name, cons
   for (int64_t d : entry.shape) overflow |= __builtin_mul_overflow(bits, static_cast<uint64_t>(d), &bits);
   uint64_t have = entry.end - entry.begin;
   if (overflow || bits % 8 != 0 || bits / 8 != have) {
-    std::string want = overflow ? "more than 2^64 bits" : bits % 8 != 0 ? std::to_string(bits) + " bits (not whole bytes)"
-                                                                         : std::to_string(bits / 8) + " bytes";
+    std::string want = overflow        ? "more than 2^64 bits"
+                       : bits % 8 != 0 ? std::to_string(bits) + " bits (not whole bytes)"
+                                       : std::to_string(bits / 8) + " bytes";
     return base::data_loss(where + ": " + dtype_name + " " + base::shape_to_string(entry.shape) + " needs " + want +
                            " but data_offsets [" + std::to_string(entry.begin) + "," + std::to_string(entry.end) +
                            "] hold " + std::to_string(have) + corrupt);
@@ -238,9 +240,10 @@ Result<std::shared_ptr<SafetensorsFile>> SafetensorsFile::open(const std::string
                            " exceeds the 100 MB limit: the file is corrupt or not a safetensors file");
   }
   if (header_size > file_size - 8) {
-    return base::data_loss(path + ": file is truncated: the header needs bytes 8.." +
-                           std::to_string(8 + header_size) + " but the file has " + std::to_string(file_size) +
-                           " (re-download it)");
+    return base::data_loss(path + ": header length " + std::to_string(header_size) +
+                           " runs past the end of the file (it needs " + std::to_string(8 + header_size) +
+                           " bytes, the file has " + std::to_string(file_size) +
+                           "): the file is truncated or not safetensors (re-download it)");
   }
 
   const char* header_text = reinterpret_cast<const char*>(file->data() + 8);
@@ -284,9 +287,8 @@ Result<std::shared_ptr<SafetensorsFile>> SafetensorsFile::open(const std::string
   }
 
   // Checked in file order, so a truncated file reports the first tensor that runs past the end.
-  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
+  std::sort(entries.begin(), entries.end(),
+            [](const Entry& a, const Entry& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });
   const Entry* previous = nullptr;
   for (const Entry& entry : entries) {
     if (entry.end > data_size) {
@@ -312,8 +314,7 @@ Result<std::shared_ptr<SafetensorsFile>> SafetensorsFile::open(const std::string
     } else {
       result->unreadable_index_[entry.name] = result->unreadable_.size();
       result->unreadable_.push_back(UnreadableTensor{entry.name, entry.spec->name, std::move(entry.shape),
-                                                     static_cast<size_t>(entry.begin),
-                                                     static_cast<size_t>(entry.end)});
+                                                     static_cast<size_t>(entry.begin), static_cast<size_t>(entry.end)});
     }
   }
   result->file_ = std::move(file);

@@ -10,6 +10,10 @@
 
 namespace sdstack::io {
 
+// How messages name a weight file: its last two path components
+// ("/models/sd15/unet/diffusion_pytorch_model.safetensors" -> "unet/diffusion_pytorch_model.safetensors").
+std::string display_path(const std::string& path);
+
 // The tensors of one component (unet, vae, text_encoder), from one or more safetensors files.
 // Lookups check names and shapes and name the file and the tensor on error. Thread-safe.
 class WeightSet {
@@ -26,12 +30,14 @@ class WeightSet {
   //   unet/diffusion_pytorch_model.safetensors: tensor 'conv_in.weight' has shape [32,4,3,3], expected [32,4,1,1]
   //   unet/diffusion_pytorch_model.safetensors: missing tensor 'conv_in.bias' (did you mean ...?)
   base::Result<Tensor> get(const std::string& name, const Shape& expected) const;
-  // The tensor with whatever shape it has.
+  // The tensor with whatever shape it has. A tensor stored in a dtype sdstack does not read
+  // (I64, F64, ...) is an error naming it and its dtype.
   base::Result<Tensor> get(const std::string& name) const;
 
  private:
   std::vector<std::shared_ptr<SafetensorsFile>> files_;
-  std::map<std::string, std::pair<size_t, const TensorInfo*>> index_;  // name -> (file, info)
+  std::map<std::string, std::pair<size_t, const TensorInfo*>> index_;             // name -> (file, info)
+  std::map<std::string, std::pair<size_t, const UnreadableTensor*>> unreadable_;  // name -> (file, info)
 };
 
 }  // namespace sdstack::io

@@ -66,6 +66,7 @@ uint16_t f32_to_f16(float f) {
 }
 
 void convert_to_f32(const void* src, DType from, float* dst, size_t count) {
+  if (count == 0) return;  // empty tensors may have null data
   switch (from) {
     case DType::kF32:
       std::memcpy(dst, src, count * 4);
@@ -86,6 +87,7 @@ void convert_to_f32(const void* src, DType from, float* dst, size_t count) {
 }
 
 void convert_from_f32(const float* src, void* dst, DType to, size_t count) {
+  if (count == 0) return;
   switch (to) {
     case DType::kF32:
       std::memcpy(dst, src, count * 4);

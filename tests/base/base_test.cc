@@ -46,6 +46,8 @@ TEST(StringsTest, EditDistance) {
   EXPECT_EQ(edit_distance("kitten", "sitting"), 3u);
   EXPECT_EQ(edit_distance("comands", "commands"), 1u);
   EXPECT_EQ(edit_distance("abc", ""), 3u);
+  EXPECT_EQ(edit_distance("uent", "unet"), 1u);  // adjacent swap
+  EXPECT_EQ(did_you_mean("uent", {"unet", "vae", "text_encoder"}), " (did you mean 'unet'?)");
 }
 
 TEST(StringsTest, DidYouMeanSuggestsOnlyCloseWords) {

@@ -1,6 +1,7 @@
 // Normalisation CPU kernels: group norm over NHWC with SiLU fused, layer norm and softmax over the
 // last dim. Statistics accumulate in double so that they match the (double) reference closely.
 #include <cassert>
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -132,25 +133,10 @@ void layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float 
   }
 }
 
-// x, y: [rows, cols], max-subtracted so large logits do not overflow. y may alias x.
+// x, y: [rows, cols]. y may alias x.
 void softmax_rows(const float* x, float* y, int64_t rows, int64_t cols) {
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = x + r * cols;
-    float* yr = y + r * cols;
-    float mx = xr[0];
-#pragma omp simd reduction(max : mx)
-    for (int64_t i = 0; i < cols; ++i) mx = xr[i] > mx ? xr[i] : mx;
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < cols; ++i) {
-      const float e = exp_approx(xr[i] - mx);
-      yr[i] = e;
-      sum += e;
-    }
-    const float inv = 1.0f / sum;
-    for (int64_t i = 0; i < cols; ++i) yr[i] *= inv;
-  }
+  for (int64_t r = 0; r < rows; ++r) softmax_row(x + r * cols, y + r * cols, cols);
 }
 
 }  // namespace sdstack::backend::cpu

@@ -46,4 +46,20 @@ inline float silu(float x) { return x / (1.0f + exp_approx(-x)); }
 inline float gelu(float x) { return 0.5f * x * (1.0f + erf_approx(x * 0.70710678118654752f)); }
 inline float quick_gelu(float x) { return x / (1.0f + exp_approx(-1.702f * x)); }
 
+// Softmax of one row of `cols` floats, max-subtracted so large logits do not overflow; y may alias x.
+inline void softmax_row(const float* x, float* y, int64_t cols) {
+  float mx = x[0];
+#pragma omp simd reduction(max : mx)
+  for (int64_t i = 0; i < cols; ++i) mx = x[i] > mx ? x[i] : mx;
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < cols; ++i) {
+    const float e = exp_approx(x[i] - mx);
+    y[i] = e;
+    sum += e;
+  }
+  const float inv = 1.0f / sum;
+  for (int64_t i = 0; i < cols; ++i) y[i] *= inv;
+}
+
 }  // namespace sdstack::backend::cpu

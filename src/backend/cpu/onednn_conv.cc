@@ -1,0 +1,140 @@
+// Conv2d on oneDNN: NHWC activations, weights reordered once into the primitive's preferred layout,
+// bias, extra bias, residual and activation fused; one primitive cached per input shape and fusion.
+#include <cassert>
+#include <cstring>
+#include <vector>
+
+#include "backend/cpu/cpu_internal.h"
+
+namespace sdstack::backend::cpu {
+namespace {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+
+class OneDnnConv2d final : public Conv2d {
+ public:
+  OneDnnConv2d(std::shared_ptr<OneDnn> onednn, const Tensor& weight, const Tensor& bias, const Conv2dParams& params)
+      : onednn_(onednn),
+        params_(params),
+        out_channels_(weight.dim(0)),
+        in_channels_(weight.dim(1)),
+        kernel_size_(weight.dim(2)),
+        weights_(onednn, plain_weights(*onednn, weight)),
+        bias_(static_cast<size_t>(out_channels_), 0.0f) {
+    assert(weight.rank() == 4 && weight.dim(2) == weight.dim(3));
+    if (bias.defined()) {
+      assert(bias.numel() == out_channels_);
+      bias_ = bias.to_vector();
+    }
+  }
+
+  // x: [N, H, W, Cin]; y: [N, Ho, Wo, Cout].
+  void run(const Tensor& x, Tensor& y, const Conv2dExtras& extras) override {
+    assert(x.dtype() == DType::kF32 && x.is_contiguous() && y.is_contiguous());
+    assert(x.rank() == 4 && x.dim(3) == in_channels_ && y.dim(3) == out_channels_);
+    const int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2);
+    [[maybe_unused]] const int64_t ho = (h + 2 * params_.padding - kernel_size_) / params_.stride + 1;
+    [[maybe_unused]] const int64_t wo = (w + 2 * params_.padding - kernel_size_) / params_.stride + 1;
+    assert(y.dim(0) == n && y.dim(1) == ho && y.dim(2) == wo);
+    const bool has_residual = extras.residual.defined();
+    const Entry& entry = find_or_create(n, h, w, has_residual, extras.residual_scale, extras.activation);
+
+    // bias + extra_bias (the time embedding) into scratch: one small vector per call.
+    const float* bias = bias_.data();
+    if (extras.extra_bias.defined()) {
+      assert(extras.extra_bias.numel() == out_channels_ && extras.extra_bias.dtype() == DType::kF32);
+      const float* extra = extras.extra_bias.data<float>();
+      bias_scratch_.resize(bias_.size());
+      for (size_t i = 0; i < bias_.size(); ++i) bias_scratch_[i] = bias_[i] + extra[i];
+      bias = bias_scratch_.data();
+    }
+    // The sum post-op accumulates into dst, so a residual that is not y itself goes there first.
+    if (has_residual) {
+      assert(extras.residual.numel() == y.numel() && extras.residual.is_contiguous());
+      parallel_copy(extras.residual.data<float>(), y.data<float>(), y.numel());
+    }
+
+    memory src(entry.primitive_desc.src_desc(), onednn_->engine, const_cast<void*>(x.raw_data()));
+    memory dst(entry.primitive_desc.dst_desc(), onednn_->engine, y.raw_data());
+    memory bias_mem(entry.primitive_desc.bias_desc(), onednn_->engine, const_cast<float*>(bias));
+    entry.primitive.execute(onednn_->stream, {{DNNL_ARG_SRC, src},
+                                              {DNNL_ARG_WEIGHTS, entry.weights},
+                                              {DNNL_ARG_BIAS, bias_mem},
+                                              {DNNL_ARG_DST, dst}});
+    onednn_->stream.wait();
+  }
+
+  int64_t in_channels() const override { return in_channels_; }
+  int64_t out_channels() const override { return out_channels_; }
+  int64_t kernel_size() const override { return kernel_size_; }
+  const Conv2dParams& params() const override { return params_; }
+
+ private:
+  // A primitive for one input shape and one set of fused extras.
+  struct Entry {
+    int64_t n, h, w;
+    bool residual;
+    float residual_scale;
+    Activation activation;
+    dnnl::convolution_forward::primitive_desc primitive_desc;
+    dnnl::convolution_forward primitive;
+    memory weights;  // a handle to the layout in weights_
+  };
+
+  // The checkpoint's OIHW weights as f32 in a oneDNN-owned buffer (the source of the reorders).
+  static memory plain_weights(const OneDnn& onednn, const Tensor& weight) {
+    const Tensor w32 = weight.to(DType::kF32);
+    memory m(f32_desc({weight.dim(0), weight.dim(1), weight.dim(2), weight.dim(3)}, tag::oihw), onednn.engine);
+    std::memcpy(m.get_data_handle(), w32.raw_data(), w32.nbytes());
+    return m;
+  }
+
+  const Entry& find_or_create(int64_t n, int64_t h, int64_t w, bool residual, float residual_scale,
+                              Activation activation) {
+    if (!residual) residual_scale = 1.0f;  // irrelevant without a residual: do not split the cache on it
+    for (const Entry& e : entries_) {
+      if (e.n == n && e.h == h && e.w == w && e.residual == residual && e.residual_scale == residual_scale &&
+          e.activation == activation) {
+        return e;
+      }
+    }
+    const int64_t k = kernel_size_, s = params_.stride, p = params_.padding;
+    const int64_t ho = (h + 2 * p - k) / s + 1, wo = (w + 2 * p - k) / s + 1;
+    // oneDNN's logical dims are always N, C, H, W; the nhwc tag says the bytes are NHWC.
+    const memory::desc src = f32_desc({n, in_channels_, h, w}, tag::nhwc);
+    const memory::desc weights = f32_desc({out_channels_, in_channels_, k, k}, tag::any);
+    const memory::desc bias = f32_desc({out_channels_}, tag::x);
+    const memory::desc dst = f32_desc({n, out_channels_, ho, wo}, tag::nhwc);
+    // Direct, not auto: auto may pick Winograd for 3x3, which is less accurate.
+    dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+                                         src, weights, bias, dst, {s, s}, {p, p}, {p, p});
+    dnnl::post_ops ops;
+    if (residual) ops.append_sum(residual_scale);  // dst = conv + bias + scale * dst
+    append_activation(ops, activation);
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(ops);
+    dnnl::convolution_forward::primitive_desc pd(desc, attr, onednn_->engine);
+    const memory prepared = weights_.get(pd.weights_desc());
+    entries_.push_back(Entry{n, h, w, residual, residual_scale, activation, pd, dnnl::convolution_forward(pd),
+                             prepared});
+    return entries_.back();
+  }
+
+  std::shared_ptr<OneDnn> onednn_;
+  Conv2dParams params_;
+  int64_t out_channels_, in_channels_, kernel_size_;
+  PreparedWeights weights_;
+  std::vector<float> bias_;          // [Cout] f32, zeros when the layer has no bias
+  std::vector<float> bias_scratch_;  // [Cout] bias + extra_bias
+  std::vector<Entry> entries_;
+};
+
+}  // namespace
+
+std::unique_ptr<Conv2d> make_onednn_conv2d(std::shared_ptr<OneDnn> onednn, const Tensor& weight, const Tensor& bias,
+                                           const Conv2dParams& params) {
+  return std::make_unique<OneDnnConv2d>(std::move(onednn), weight, bias, params);
+}
+
+}  // namespace sdstack::backend::cpu

@@ -1,0 +1,218 @@
+// The CPU backend's conv2d, linear and matmul against the reference backend, at SD 1.x's channel
+// counts and kernel shapes (spatial sizes scaled down so the plain-loop oracle stays quick), with
+// every fused extra.
+//
+// Tolerance: max_rel_diff (|a-b| / (|b|+1)) <= 1e-4. oneDNN sums in f32 in its own order (blocked
+// over channels and taps) while the oracle sums in double; for K up to 5760 terms of O(1/sqrt(K))
+// weights the f32 rounding error is ~1e-6..1e-5, so 1e-4 leaves margin without hiding a wrong tap.
+#include <cmath>
+
+#include "backend/backend.h"
+#include "cpu_test_util.h"
+#include "testing/testing.h"
+
+namespace sdstack::backend {
+namespace {
+
+using backend::testing::cpu_backend;
+using backend::testing::reference_backend;
+using sdstack::testing::max_rel_diff;
+using sdstack::testing::random_tensor;
+
+constexpr float kLayerTolerance = 1e-4f;
+
+struct ConvCase {
+  int64_t n, h, w, cin, cout, k, stride, padding;
+};
+
+struct ConvFusion {
+  bool bias = true;
+  bool extra_bias = false;
+  bool residual = false;
+  bool residual_aliases_y = false;
+  float residual_scale = 1.0f;
+  Activation activation = Activation::kNone;
+};
+
+// Runs one conv on both backends with the same inputs and returns max_rel_diff.
+float conv_diff(const ConvCase& c, const ConvFusion& f, uint64_t seed) {
+  const float bound = 1.0f / std::sqrt(static_cast<float>(c.cin * c.k * c.k));  // torch's default init scale
+  const Tensor weight = random_tensor({c.cout, c.cin, c.k, c.k}, seed, -bound, bound);
+  const Tensor bias = f.bias ? random_tensor({c.cout}, seed + 1) : Tensor();
+  const Tensor x = random_tensor({c.n, c.h, c.w, c.cin}, seed + 2);
+  const int64_t ho = (c.h + 2 * c.padding - c.k) / c.stride + 1, wo = (c.w + 2 * c.padding - c.k) / c.stride + 1;
+  const Conv2dParams params{c.stride, c.padding};
+  Conv2dExtras extras;
+  if (f.extra_bias) extras.extra_bias = random_tensor({c.cout}, seed + 3);
+  extras.residual_scale = f.residual_scale;
+  extras.activation = f.activation;
+  const Tensor residual = random_tensor({c.n, ho, wo, c.cout}, seed + 4);
+
+  Tensor ys[2];
+  Backend* backends[2] = {&cpu_backend(), &reference_backend()};
+  for (int i = 0; i < 2; ++i) {
+    std::unique_ptr<Conv2d> conv = backends[i]->make_conv2d(weight, bias, params);
+    EXPECT_EQ(conv->out_channels(), c.cout);
+    ys[i] = Tensor::empty({c.n, ho, wo, c.cout});
+    if (f.residual && f.residual_aliases_y) {
+      ys[i].copy_from(residual);
+      extras.residual = ys[i];
+    } else if (f.residual) {
+      extras.residual = residual;
+    }
+    conv->run(x, ys[i], extras);
+  }
+  return max_rel_diff(ys[0], ys[1]);
+}
+
+TEST(CpuConv2d, ShapesOfSd) {
+  const ConvCase cases[] = {
+      {2, 16, 16, 4, 320, 3, 1, 1},    // UNet conv_in (Cin = 4)
+      {2, 16, 16, 320, 4, 3, 1, 1},    // UNet conv_out (Cout = 4)
+      {2, 16, 16, 320, 320, 3, 1, 1},  // resnet conv, 3x3 s1 p1
+      {1, 8, 8, 640, 640, 3, 1, 1},    // deeper resnet conv
+      {2, 16, 16, 320, 320, 3, 2, 1},  // UNet downsample, 3x3 s2 p1
+      {2, 15, 15, 64, 64, 3, 2, 1},    // odd input size, s2
+      {2, 16, 16, 320, 640, 1, 1, 0},  // resnet shortcut, 1x1
+      {2, 16, 16, 320, 320, 1, 1, 0},  // attention proj_in/out as 1x1 convs
+      {1, 12, 12, 32, 20, 3, 1, 1},    // channel counts that are no multiple of 16
+      {1, 12, 12, 3, 32, 3, 1, 1},     // VAE-like Cin = 3
+  };
+  uint64_t seed = 100;
+  for (const ConvCase& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "n" << c.n << " " << c.h << "x" << c.w << " " << c.cin << "->" << c.cout
+                                      << " k" << c.k << " s" << c.stride << " p" << c.padding);
+    EXPECT_LE(conv_diff(c, {}, seed++), kLayerTolerance);
+  }
+}
+
+TEST(CpuConv2d, FusedExtras) {
+  const ConvCase c{2, 12, 12, 64, 64, 3, 1, 1};
+  ConvFusion fusions[8];
+  fusions[0].bias = false;
+  fusions[1].extra_bias = true;  // the time embedding
+  fusions[2].residual = true;
+  fusions[3].residual = true;
+  fusions[3].residual_aliases_y = true;
+  fusions[4].residual = true;
+  fusions[4].residual_scale = 0.5f;  // diffusers' 1 / output_scale_factor
+  fusions[5].activation = Activation::kSiLU;
+  fusions[6].extra_bias = true;
+  fusions[6].residual = true;
+  fusions[6].residual_aliases_y = true;
+  fusions[6].residual_scale = 0.7f;
+  fusions[6].activation = Activation::kSiLU;
+  fusions[7].bias = false;
+  fusions[7].activation = Activation::kGELU;
+  uint64_t seed = 200;
+  for (int i = 0; i < 8; ++i) {
+    SCOPED_TRACE(::testing::Message() << "fusion " << i);
+    EXPECT_LE(conv_diff(c, fusions[i], seed++), kLayerTolerance);
+  }
+}
+
+// One Conv2d object, several input shapes (and fusions): each gets its own cached primitive,
+// all sharing the weights reordered once; going back to a shape reuses its primitive.
+TEST(CpuConv2d, CachedPrimitivesAcrossShapes) {
+  const Tensor weight = random_tensor({32, 16, 3, 3}, 300, -0.1f, 0.1f);
+  const Tensor bias = random_tensor({32}, 301);
+  std::unique_ptr<Conv2d> cpu = cpu_backend().make_conv2d(weight, bias, {1, 1});
+  std::unique_ptr<Conv2d> ref = reference_backend().make_conv2d(weight, bias, {1, 1});
+  const Shape shapes[] = {{2, 16, 16, 16}, {1, 8, 12, 16}, {2, 16, 16, 16}, {1, 8, 12, 16}};
+  uint64_t seed = 310;
+  for (const Shape& shape : shapes) {
+    const Tensor x = random_tensor(shape, seed++);
+    Tensor y_cpu = Tensor::empty({shape[0], shape[1], shape[2], 32});
+    Tensor y_ref = Tensor::empty(y_cpu.shape());
+    Conv2dExtras extras;
+    extras.activation = seed % 2 ? Activation::kSiLU : Activation::kNone;
+    cpu->run(x, y_cpu, extras);
+    ref->run(x, y_ref, extras);
+    EXPECT_LE(max_rel_diff(y_cpu, y_ref), kLayerTolerance) << x.shape_string();
+  }
+}
+
+TEST(CpuConv2d, HalfPrecisionWeights) {
+  const Tensor weight = random_tensor({32, 16, 3, 3}, 400, -0.1f, 0.1f).to(DType::kF16);
+  const Tensor bias = random_tensor({32}, 401).to(DType::kBF16);
+  const Tensor x = random_tensor({1, 8, 8, 16}, 402);
+  Tensor y_cpu = Tensor::empty({1, 8, 8, 32}), y_ref = Tensor::empty({1, 8, 8, 32});
+  cpu_backend().make_conv2d(weight, bias, {1, 1})->run(x, y_cpu);
+  reference_backend().make_conv2d(weight, bias, {1, 1})->run(x, y_ref);
+  EXPECT_LE(max_rel_diff(y_cpu, y_ref), kLayerTolerance);
+}
+
+struct LinearCase {
+  Shape x_shape;  // [..., in]
+  int64_t out;
+  bool bias;
+  Activation activation;
+  bool residual, residual_aliases_y;
+};
+
+TEST(CpuLinear, ShapesAndFusions) {
+  const LinearCase cases[] = {
+      {{2, 256, 320}, 320, false, Activation::kNone, false, false},  // to_q (no bias)
+      {{2, 77, 768}, 320, false, Activation::kNone, false, false},   // to_k from the text embedding
+      {{2, 256, 320}, 2560, true, Activation::kNone, false, false},  // GEGLU proj (2 x 1280)
+      {{2, 256, 1280}, 320, true, Activation::kNone, true, true},    // ff out + residual (aliasing y)
+      {{2, 256, 320}, 320, true, Activation::kNone, true, false},    // to_out + residual (not aliasing)
+      {{2, 1280}, 1280, true, Activation::kSiLU, false, false},      // time embedding MLP
+      {{1, 77, 768}, 3072, true, Activation::kQuickGELU, false, false},  // CLIP MLP fc1
+      {{3, 50, 64}, 96, true, Activation::kGELU, true, false},
+      {{2, 40, 36}, 20, true, Activation::kSiLU, true, true},  // activation then residual
+      {{5, 7}, 3, true, Activation::kNone, false, false},       // tiny, odd sizes
+  };
+  uint64_t seed = 500;
+  for (const LinearCase& c : cases) {
+    const int64_t in = c.x_shape.back();
+    SCOPED_TRACE(::testing::Message() << "in " << in << " out " << c.out << " rows " << c.x_shape[0]);
+    const float bound = 1.0f / std::sqrt(static_cast<float>(in));
+    const Tensor weight = random_tensor({c.out, in}, seed++, -bound, bound);
+    const Tensor bias = c.bias ? random_tensor({c.out}, seed++) : Tensor();
+    const Tensor x = random_tensor(c.x_shape, seed++);
+    Shape y_shape = c.x_shape;
+    y_shape.back() = c.out;
+    const Tensor residual = random_tensor(y_shape, seed++);
+    Tensor ys[2];
+    Backend* backends[2] = {&cpu_backend(), &reference_backend()};
+    for (int i = 0; i < 2; ++i) {
+      std::unique_ptr<Linear> linear = backends[i]->make_linear(weight, bias);
+      ys[i] = Tensor::empty(y_shape);
+      LinearExtras extras;
+      extras.activation = c.activation;
+      if (c.residual) extras.residual = c.residual_aliases_y ? ys[i] : residual;
+      for (int repeat = 0; repeat < 2; ++repeat) {  // the second run reuses the cached primitive
+        if (c.residual_aliases_y) ys[i].copy_from(residual);
+        linear->run(x, ys[i], extras);
+      }
+    }
+    EXPECT_LE(max_rel_diff(ys[0], ys[1]), kLayerTolerance);
+  }
+}
+
+TEST(CpuMatmul, TransposeAndAlpha) {
+  struct Case {
+    int64_t b, m, k, n;
+    bool transpose_b;
+    float alpha;
+  };
+  const Case cases[] = {
+      {2, 64, 40, 77, false, 1.0f},  {16, 64, 40, 77, true, 0.158f},  // 1/sqrt(40)
+      {3, 33, 17, 5, true, 1.0f},    {1, 128, 320, 64, false, -2.5f},
+  };
+  uint64_t seed = 600;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << c.b << "x" << c.m << "x" << c.k << "x" << c.n << " t" << c.transpose_b);
+    const Tensor a = random_tensor({c.b, c.m, c.k}, seed++);
+    const Tensor b = c.transpose_b ? random_tensor({c.b, c.n, c.k}, seed++) : random_tensor({c.b, c.k, c.n}, seed++);
+    Tensor y_cpu = Tensor::empty({c.b, c.m, c.n}), y_ref = Tensor::empty({c.b, c.m, c.n});
+    cpu_backend().matmul(a, b, y_cpu, c.transpose_b, c.alpha);
+    cpu_backend().matmul(a, b, y_cpu, c.transpose_b, c.alpha);  // cached primitive
+    reference_backend().matmul(a, b, y_ref, c.transpose_b, c.alpha);
+    EXPECT_LE(max_rel_diff(y_cpu, y_ref), kLayerTolerance);
+  }
+}
+
+}  // namespace
+}  // namespace sdstack::backend

@@ -1,0 +1,189 @@
+// The CPU backend's norms, softmax, attention and elementwise ops against the reference backend at
+// SD 1.x's shapes (spatial and sequence sizes scaled down where the plain-loop oracle is slow).
+//
+// Tolerances (max_rel_diff = max |a-b| / (|b|+1)), each from how the CPU kernel computes:
+//  - group/layer norm 1e-5: statistics in double as the oracle, f32 normalise (a few ulp of O(1-10) values);
+//  - softmax, activations 1e-6: a polynomial exp within ~2 ulp and an erf within 1.5e-7 (observed
+//    <= 3e-7); GEGLU 2e-6: the same GELU error times |h| (up to 4 here);
+//  - attention 1e-5: two f32 oneDNN matmuls (K = D, then K = Lk) around the softmax;
+//  - add, mul, scale, upsample, concat: exact (0), the same single f32 operation or a copy.
+#include <cmath>
+
+#include "backend/backend.h"
+#include "cpu_test_util.h"
+#include "testing/testing.h"
+
+namespace sdstack::backend {
+namespace {
+
+using backend::testing::cpu_backend;
+using backend::testing::reference_backend;
+using sdstack::testing::max_rel_diff;
+using sdstack::testing::random_tensor;
+
+constexpr float kNormTolerance = 1e-5f;
+constexpr float kPointwiseTolerance = 1e-6f;
+constexpr float kGegluTolerance = 2e-6f;
+constexpr float kAttentionTolerance = 1e-5f;
+
+TEST(CpuGroupNorm, SdShapesWithAndWithoutSiLU) {
+  struct Case {
+    Shape shape;
+    int64_t groups;
+    float eps;
+    Activation activation;
+    bool in_place;
+  };
+  const Case cases[] = {
+      {{2, 16, 16, 320}, 32, 1e-5f, Activation::kSiLU, false},  // UNet resnet norm1
+      {{2, 16, 16, 320}, 32, 1e-6f, Activation::kNone, false},  // UNet transformer norm (eps 1e-6)
+      {{2, 8, 8, 640}, 32, 1e-5f, Activation::kSiLU, true},     // in place (y aliases x)
+      {{1, 16, 16, 128}, 32, 1e-6f, Activation::kSiLU, false},  // VAE decoder
+      {{2, 5, 7, 96}, 32, 1e-5f, Activation::kNone, false},     // 3 channels per group, odd sizes
+  };
+  uint64_t seed = 1000;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << Tensor::empty(c.shape).shape_string() << " eps " << c.eps);
+    // An offset mean (3) and spread (x in [-1, 7)) exercise the variance's cancellation.
+    const Tensor x = random_tensor(c.shape, seed++, -1.0f, 7.0f);
+    const int64_t channels = c.shape.back();
+    const Tensor gamma = random_tensor({channels}, seed++, 0.5f, 1.5f);
+    const Tensor beta = random_tensor({channels}, seed++);
+    Tensor y_ref = Tensor::empty(c.shape);
+    reference_backend().group_norm(x, gamma, beta, c.groups, c.eps, c.activation, y_ref);
+    Tensor y_cpu = Tensor::empty(c.shape);
+    if (c.in_place) {
+      y_cpu.copy_from(x);
+      cpu_backend().group_norm(y_cpu, gamma, beta, c.groups, c.eps, c.activation, y_cpu);
+    } else {
+      cpu_backend().group_norm(x, gamma, beta, c.groups, c.eps, c.activation, y_cpu);
+    }
+    EXPECT_LE(max_rel_diff(y_cpu, y_ref), kNormTolerance);
+  }
+}
+
+TEST(CpuLayerNorm, RowsOfSdAndClip) {
+  const Shape shapes[] = {{2, 256, 320}, {1, 77, 768}, {2, 64, 1280}, {3, 5, 7}};
+  uint64_t seed = 1100;
+  for (const Shape& shape : shapes) {
+    const Tensor x = random_tensor(shape, seed++, -2.0f, 6.0f);
+    const Tensor gamma = random_tensor({shape.back()}, seed++, 0.5f, 1.5f);
+    const Tensor beta = random_tensor({shape.back()}, seed++);
+    Tensor y_ref = Tensor::empty(shape), y_cpu = Tensor::empty(shape);
+    reference_backend().layer_norm(x, gamma, beta, 1e-5f, y_ref);
+    y_cpu.copy_from(x);
+    cpu_backend().layer_norm(y_cpu, gamma, beta, 1e-5f, y_cpu);  // in place
+    EXPECT_LE(max_rel_diff(y_cpu, y_ref), kNormTolerance) << y_ref.shape_string();
+  }
+}
+
+TEST(CpuSoftmax, LargeAndSmallValues) {
+  const Tensor small = random_tensor({4, 3, 77}, 1200, -3.0f, 3.0f);
+  const Tensor large = random_tensor({2, 64, 1000}, 1201, -500.0f, 500.0f);  // would overflow a naive exp
+  const Tensor single = random_tensor({5, 1}, 1202);
+  for (const Tensor& x : {small, large, single}) {
+    Tensor y_ref = Tensor::empty(x.shape()), y_cpu = Tensor::empty(x.shape());
+    reference_backend().softmax(x, y_ref);
+    cpu_backend().softmax(x, y_cpu);
+    EXPECT_LE(max_rel_diff(y_cpu, y_ref), kPointwiseTolerance) << x.shape_string();
+  }
+}
+
+TEST(CpuAttention, SelfCrossAndCausal) {
+  struct Case {
+    int64_t batch, lq, lk, heads, head_dim;
+    bool causal;
+  };
+  const Case cases[] = {
+      {2, 256, 256, 8, 40, false},  // UNet self-attention (4096 tokens at 512 px, scaled down)
+      {2, 256, 77, 8, 40, false},   // UNet cross-attention to the 77 text tokens
+      {2, 64, 64, 8, 80, false},    // deeper level, D = 80
+      {1, 77, 77, 12, 64, true},    // CLIP text encoder, causal
+      {2, 33, 20, 8, 4, true},      // D = 4, Lq != Lk, causal
+      {1, 40, 40, 1, 512, false},   // VAE mid-block attention: one head of 512
+  };
+  uint64_t seed = 1300;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "B" << c.batch << " Lq" << c.lq << " Lk" << c.lk << " H" << c.heads << " D"
+                                      << c.head_dim << (c.causal ? " causal" : ""));
+    const int64_t channels = c.heads * c.head_dim;
+    const Tensor q = random_tensor({c.batch, c.lq, channels}, seed++, -2.0f, 2.0f);
+    const Tensor k = random_tensor({c.batch, c.lk, channels}, seed++, -2.0f, 2.0f);
+    const Tensor v = random_tensor({c.batch, c.lk, channels}, seed++);
+    Tensor y_ref = Tensor::empty({c.batch, c.lq, channels}), y_cpu = Tensor::empty({c.batch, c.lq, channels});
+    reference_backend().attention(q, k, v, c.heads, c.causal, y_ref);
+    cpu_backend().attention(q, k, v, c.heads, c.causal, y_cpu);
+    EXPECT_LE(max_rel_diff(y_cpu, y_ref), kAttentionTolerance);
+  }
+}
+
+// Enough queries that the CPU backend splits them into several tiles (64 MB of scores per tile).
+TEST(CpuAttention, ManyQueriesAreTiled) {
+  const int64_t batch = 1, lq = 3000, lk = 2048, heads = 8, d = 8;
+  const Tensor q = random_tensor({batch, lq, heads * d}, 1400);
+  const Tensor k = random_tensor({batch, lk, heads * d}, 1401);
+  const Tensor v = random_tensor({batch, lk, heads * d}, 1402);
+  Tensor y_ref = Tensor::empty({batch, lq, heads * d}), y_cpu = Tensor::empty({batch, lq, heads * d});
+  reference_backend().attention(q, k, v, heads, true, y_ref);
+  cpu_backend().attention(q, k, v, heads, true, y_cpu);
+  EXPECT_LE(max_rel_diff(y_cpu, y_ref), kAttentionTolerance);
+}
+
+TEST(CpuElementwise, Activations) {
+  const Tensor x = random_tensor({2, 9, 9, 333}, 1500, -20.0f, 20.0f);  // includes the saturated tails
+  for (Activation act : {Activation::kNone, Activation::kSiLU, Activation::kGELU, Activation::kQuickGELU}) {
+    Tensor y_ref = Tensor::empty(x.shape()), y_cpu = Tensor::empty(x.shape());
+    reference_backend().activation(x, act, y_ref);
+    cpu_backend().activation(x, act, y_cpu);
+    EXPECT_LE(max_rel_diff(y_cpu, y_ref), kPointwiseTolerance) << "activation " << static_cast<int>(act);
+    y_cpu.copy_from(x);
+    cpu_backend().activation(y_cpu, act, y_cpu);  // in place
+    EXPECT_LE(max_rel_diff(y_cpu, y_ref), kPointwiseTolerance) << "in place, activation " << static_cast<int>(act);
+  }
+}
+
+TEST(CpuElementwise, Geglu) {
+  const Tensor x = random_tensor({2, 64, 2 * 1280}, 1600, -4.0f, 4.0f);
+  Tensor y_ref = Tensor::empty({2, 64, 1280}), y_cpu = Tensor::empty({2, 64, 1280});
+  reference_backend().geglu(x, y_ref);
+  cpu_backend().geglu(x, y_cpu);
+  EXPECT_LE(max_rel_diff(y_cpu, y_ref), kGegluTolerance);
+}
+
+TEST(CpuElementwise, AddMulScaleWithBroadcast) {
+  const Tensor a = random_tensor({2, 8, 8, 320}, 1700);
+  const Tensor same = random_tensor({2, 8, 8, 320}, 1701);
+  const Tensor bias = random_tensor({320}, 1702);
+  const Tensor row = random_tensor({8, 320}, 1703);
+  for (const Tensor& b : {same, bias, row}) {
+    Tensor y_ref = Tensor::empty(a.shape()), y_cpu = Tensor::empty(a.shape());
+    reference_backend().add(a, b, y_ref);
+    cpu_backend().add(a, b, y_cpu);
+    EXPECT_EQ(max_rel_diff(y_cpu, y_ref), 0.0f) << "add " << b.shape_string();
+    reference_backend().mul(a, b, y_ref);
+    y_cpu.copy_from(a);
+    cpu_backend().mul(y_cpu, b, y_cpu);  // y aliases a
+    EXPECT_EQ(max_rel_diff(y_cpu, y_ref), 0.0f) << "mul " << b.shape_string();
+  }
+  Tensor y_ref = Tensor::empty(a.shape()), y_cpu = Tensor::empty(a.shape());
+  reference_backend().scale(a, 0.18215f, y_ref);
+  cpu_backend().scale(a, 0.18215f, y_cpu);
+  EXPECT_EQ(max_rel_diff(y_cpu, y_ref), 0.0f);
+}
+
+TEST(CpuElementwise, UpsampleAndConcat) {
+  const Tensor x = random_tensor({2, 5, 7, 40}, 1800);
+  Tensor up_ref = Tensor::empty({2, 10, 14, 40}), up_cpu = Tensor::empty({2, 10, 14, 40});
+  reference_backend().upsample_nearest2x(x, up_ref);
+  cpu_backend().upsample_nearest2x(x, up_cpu);
+  EXPECT_EQ(max_rel_diff(up_cpu, up_ref), 0.0f);
+
+  const Tensor a = random_tensor({2, 8, 8, 640}, 1801), b = random_tensor({2, 8, 8, 320}, 1802);
+  Tensor cat_ref = Tensor::empty({2, 8, 8, 960}), cat_cpu = Tensor::empty({2, 8, 8, 960});
+  reference_backend().concat_last(a, b, cat_ref);
+  cpu_backend().concat_last(a, b, cat_cpu);
+  EXPECT_EQ(max_rel_diff(cat_cpu, cat_ref), 0.0f);
+}
+
+}  // namespace
+}  // namespace sdstack::backend
