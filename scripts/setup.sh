@@ -13,6 +13,7 @@ packages=(
   nlohmann-json3-dev   # JSON: configs, safetensors headers
   libcli11-dev         # command-line parsing
   libutf8proc-dev      # Unicode classes and NFC for the CLIP tokenizer
+  libpng-dev           # PNG images
   libgtest-dev libgmock-dev  # tests
 )
 

@@ -1,5 +1,5 @@
 // Text normalisation applied before CLIP tokenisation: ftfy's fix_text as transformers calls it,
-// and CLIP's whitespace cleanup.
+// and CLIP's whitespace cleanup. Both functions are pure and thread-safe.
 #pragma once
 
 #include <string>

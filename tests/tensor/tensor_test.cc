@@ -214,3 +214,24 @@ TEST(Tensor, ShapeString) {
 
 }  // namespace
 }  // namespace sdstack::tensor
+
+#include "tensor/layout.h"
+
+namespace sdstack::tensor {
+namespace {
+
+TEST(LayoutTest, NchwNhwcRoundTripAndElementPlacement) {
+  Tensor nchw = sdstack::testing::random_tensor({2, 3, 4, 5}, 7);
+  Tensor nhwc = nchw_to_nhwc(nchw);
+  ASSERT_EQ(nhwc.shape(), (Shape{2, 4, 5, 3}));
+  EXPECT_EQ(nhwc.at({1, 2, 3, 0}), nchw.at({1, 0, 2, 3}));
+  EXPECT_EQ(nhwc.at({0, 3, 4, 2}), nchw.at({0, 2, 3, 4}));
+  Tensor back = nhwc_to_nchw(nhwc);
+  EXPECT_EQ(back.to_vector(), nchw.to_vector());
+  Tensor half = nchw_to_nhwc(nchw.to(DType::kF16));
+  EXPECT_EQ(half.dtype(), DType::kF16);
+  EXPECT_EQ(half.at({1, 2, 3, 1}), nchw.to(DType::kF16).at({1, 1, 2, 3}));
+}
+
+}  // namespace
+}  // namespace sdstack::tensor
