@@ -32,7 +32,26 @@ enum class Activation {
 
 struct Conv2dParams {
   int64_t stride = 1;
-  int64_t padding = 0;  // the same on all four sides, zeros
+  int64_t padding = 0;  // zeros on all four sides (torch's Conv2d `padding`)
+  // Extra zeros on single sides, added to `padding` (torch's F.pad before the conv). diffusers'
+  // Downsample2D with padding 0 (the VAE encoder's) pads F.pad(x, (0, 1, 0, 1)): one more row at
+  // the bottom and one more column at the right, then a stride-2 conv.
+  int64_t extra_top = 0;
+  int64_t extra_left = 0;
+  int64_t extra_bottom = 0;
+  int64_t extra_right = 0;
+
+  int64_t pad_top() const { return padding + extra_top; }
+  int64_t pad_left() const { return padding + extra_left; }
+  int64_t pad_bottom() const { return padding + extra_bottom; }
+  int64_t pad_right() const { return padding + extra_right; }
+  // The output's height and width for an input of `height` x `width` and a `kernel` x `kernel` window.
+  int64_t out_height(int64_t height, int64_t kernel) const {
+    return (height + pad_top() + pad_bottom() - kernel) / stride + 1;
+  }
+  int64_t out_width(int64_t width, int64_t kernel) const {
+    return (width + pad_left() + pad_right() - kernel) / stride + 1;
+  }
 };
 
 // What a convolution adds after the convolution itself, in this order:
@@ -48,7 +67,7 @@ struct Conv2dExtras {
 class Conv2d {
  public:
   virtual ~Conv2d() = default;
-  // x: [N, H, W, Cin]; y: [N, Ho, Wo, Cout] with Ho = (H + 2p - k) / s + 1.
+  // x: [N, H, W, Cin]; y: [N, Ho, Wo, Cout] with Ho = params().out_height(H, k), Wo = params().out_width(W, k).
   virtual void run(const Tensor& x, Tensor& y, const Conv2dExtras& extras = {}) = 0;
   virtual int64_t in_channels() const = 0;
   virtual int64_t out_channels() const = 0;

@@ -24,5 +24,6 @@ int main(int argc, char** argv);
 // Handlers, one file each.
 int run_tokenize(int argc, char** argv);
 int run_encode(int argc, char** argv);
+int run_generate(int argc, char** argv);
 
 }  // namespace sdstack::cli

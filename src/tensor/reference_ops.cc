@@ -61,14 +61,19 @@ double gelu(double x) { return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0))); }
 double quick_gelu(double x) { return x / (1.0 + std::exp(-1.702 * x)); }
 
 void conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride, int64_t padding, Tensor& y) {
+  conv2d(x, weight, bias, stride, Padding2d{padding, padding, padding, padding}, y);
+}
+
+void conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride, const Padding2d& padding,
+            Tensor& y) {
   assert(is_f32_contiguous(x) && is_f32_contiguous(y));
   assert(x.rank() == 4 && weight.rank() == 4 && y.rank() == 4);
-  assert(stride >= 1 && padding >= 0);
+  assert(stride >= 1 && padding.top >= 0 && padding.left >= 0 && padding.bottom >= 0 && padding.right >= 0);
   // x: [N, H, W, Cin]; weight: [Cout, Cin, KH, KW]; y: [N, Ho, Wo, Cout].
   const int64_t n_batch = x.dim(0), h_in = x.dim(1), w_in = x.dim(2), c_in = x.dim(3);
   const int64_t c_out = weight.dim(0), kh = weight.dim(2), kw = weight.dim(3);
-  const int64_t h_out = (h_in + 2 * padding - kh) / stride + 1;
-  const int64_t w_out = (w_in + 2 * padding - kw) / stride + 1;
+  const int64_t h_out = (h_in + padding.top + padding.bottom - kh) / stride + 1;
+  const int64_t w_out = (w_in + padding.left + padding.right - kw) / stride + 1;
   assert(weight.dim(1) == c_in);
   assert(!bias.defined() || (bias.rank() == 1 && bias.dim(0) == c_out));
   assert((y.shape() == Shape{n_batch, h_out, w_out, c_out}));
@@ -93,10 +98,10 @@ void conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t s
         for (int64_t o = 0; o < c_out; ++o) {
           double acc = b.empty() ? 0.0 : b[static_cast<size_t>(o)];
           for (int64_t r = 0; r < kh; ++r) {
-            const int64_t ih = oh * stride - padding + r;
+            const int64_t ih = oh * stride - padding.top + r;
             if (ih < 0 || ih >= h_in) continue;  // zero padding
             for (int64_t s = 0; s < kw; ++s) {
-              const int64_t iw = ow * stride - padding + s;
+              const int64_t iw = ow * stride - padding.left + s;
               if (iw < 0 || iw >= w_in) continue;
               const float* x_pixel = in + ((n * h_in + ih) * w_in + iw) * c_in;
               const float* w_tap = w_ohwi.data() + ((o * kh + r) * kw + s) * c_in;

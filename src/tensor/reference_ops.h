@@ -23,10 +23,17 @@ double silu(double x);        // x * sigmoid(x)
 double gelu(double x);        // 0.5 x (1 + erf(x / sqrt(2))), the exact form (torch's default)
 double quick_gelu(double x);  // x * sigmoid(1.702 x) (CLIP's)
 
-// Convolution, zero padding on all four sides.
+// Zeros added on each side of an image before a convolution.
+struct Padding2d {
+  int64_t top = 0, left = 0, bottom = 0, right = 0;
+};
+
+// Convolution with zero padding, the same on all four sides or given per side.
 // x: [N, H, W, Cin]; weight: [Cout, Cin, kh, kw] (torch's OIHW, any dtype); bias: [Cout] or undefined;
-// y: [N, Ho, Wo, Cout] with Ho = (H + 2 padding - kh) / stride + 1 (likewise Wo).
+// y: [N, Ho, Wo, Cout] with Ho = (H + top + bottom - kh) / stride + 1, Wo = (W + left + right - kw) / stride + 1.
 void conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride, int64_t padding, Tensor& y);
+void conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride, const Padding2d& padding,
+            Tensor& y);
 
 // y = x W^T + bias. x: [..., K]; weight: [N, K] (any dtype); bias: [N] or undefined; y: [..., N].
 void linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y);

@@ -23,6 +23,16 @@ constexpr float kLayerTolerance = 1e-4f;
 
 struct ConvCase {
   int64_t n, h, w, cin, cout, k, stride, padding;
+  int64_t extra_top = 0, extra_left = 0, extra_bottom = 0, extra_right = 0;  // on top of `padding`
+
+  Conv2dParams params() const {
+    Conv2dParams p{stride, padding};
+    p.extra_top = extra_top;
+    p.extra_left = extra_left;
+    p.extra_bottom = extra_bottom;
+    p.extra_right = extra_right;
+    return p;
+  }
 };
 
 struct ConvFusion {
@@ -40,8 +50,8 @@ float conv_diff(const ConvCase& c, const ConvFusion& f, uint64_t seed) {
   const Tensor weight = random_tensor({c.cout, c.cin, c.k, c.k}, seed, -bound, bound);
   const Tensor bias = f.bias ? random_tensor({c.cout}, seed + 1) : Tensor();
   const Tensor x = random_tensor({c.n, c.h, c.w, c.cin}, seed + 2);
-  const int64_t ho = (c.h + 2 * c.padding - c.k) / c.stride + 1, wo = (c.w + 2 * c.padding - c.k) / c.stride + 1;
-  const Conv2dParams params{c.stride, c.padding};
+  const Conv2dParams params = c.params();
+  const int64_t ho = params.out_height(c.h, c.k), wo = params.out_width(c.w, c.k);
   Conv2dExtras extras;
   if (f.extra_bias) extras.extra_bias = random_tensor({c.cout}, seed + 3);
   extras.residual_scale = f.residual_scale;
@@ -109,6 +119,57 @@ TEST(CpuConv2d, FusedExtras) {
     SCOPED_TRACE(::testing::Message() << "fusion " << i);
     EXPECT_LE(conv_diff(c, fusions[i], seed++), kLayerTolerance);
   }
+}
+
+// Per-side padding: diffusers' VAE encoder Downsample2D pads (right 1, bottom 1) and convolves
+// with stride 2 and no other padding; also uneven padding on all four sides, with fused extras.
+TEST(CpuConv2d, AsymmetricPadding) {
+  const ConvCase cases[] = {
+      {2, 16, 16, 32, 32, 3, 2, 0, 0, 0, 1, 1},    // VAE encoder downsample: 16x16 -> 8x8
+      {1, 15, 17, 64, 64, 3, 2, 0, 0, 0, 1, 1},    // odd sizes: 15x17 -> 7x8
+      {1, 12, 10, 16, 24, 3, 1, 0, 2, 0, 1, 3},    // every side different, stride 1
+      {2, 9, 9, 20, 12, 3, 2, 1, 0, 1, 1, 0},      // extras on top of symmetric padding
+      {1, 8, 8, 320, 320, 3, 2, 0, 0, 0, 1, 1},    // SD-sized channel count
+  };
+  ConvFusion fused;
+  fused.extra_bias = true;
+  fused.residual = true;
+  fused.activation = Activation::kSiLU;
+  uint64_t seed = 250;
+  for (const ConvCase& c : cases) {
+    SCOPED_TRACE(::testing::Message() << c.h << "x" << c.w << " s" << c.stride << " p" << c.padding << " extra "
+                                      << c.extra_top << "," << c.extra_left << "," << c.extra_bottom << ","
+                                      << c.extra_right);
+    EXPECT_LE(conv_diff(c, {}, seed++), kLayerTolerance);
+    EXPECT_LE(conv_diff(c, fused, seed++), kLayerTolerance);
+  }
+}
+
+// The oracle itself: padding (0, 1, 0, 1) equals torch's F.pad with zeros and an unpadded conv.
+TEST(CpuConv2d, AsymmetricPaddingMatchesExplicitZeroPad) {
+  const int64_t n = 1, h = 7, w = 6, c = 5;
+  const Tensor x = random_tensor({n, h, w, c}, 260);
+  Tensor padded = Tensor::zeros({n, h + 1, w + 1, c});
+  for (int64_t i = 0; i < h; ++i) {
+    for (int64_t j = 0; j < w; ++j) {
+      for (int64_t k = 0; k < c; ++k) {
+        padded.data<float>()[(i * (w + 1) + j) * c + k] = x.data<float>()[(i * w + j) * c + k];
+      }
+    }
+  }
+  const Tensor weight = random_tensor({4, c, 3, 3}, 261);
+  const Tensor bias = random_tensor({4}, 262);
+  Conv2dParams asymmetric{2, 0};
+  asymmetric.extra_bottom = 1;
+  asymmetric.extra_right = 1;
+  ASSERT_EQ(asymmetric.out_height(h, 3), 3);
+  ASSERT_EQ(asymmetric.out_width(w, 3), 3);
+  Tensor expected = Tensor::empty({n, 3, 3, 4}), actual = Tensor::empty({n, 3, 3, 4});
+  reference_backend().make_conv2d(weight, bias, {2, 0})->run(padded, expected);
+  reference_backend().make_conv2d(weight, bias, asymmetric)->run(x, actual);
+  EXPECT_EQ(max_rel_diff(actual, expected), 0.0f);
+  cpu_backend().make_conv2d(weight, bias, asymmetric)->run(x, actual);
+  EXPECT_LE(max_rel_diff(actual, expected), kLayerTolerance);
 }
 
 // One Conv2d object, several input shapes (and fusions): each gets its own cached primitive,

@@ -34,9 +34,8 @@ class OneDnnConv2d final : public Conv2d {
     assert(x.dtype() == DType::kF32 && x.is_contiguous() && y.is_contiguous());
     assert(x.rank() == 4 && x.dim(3) == in_channels_ && y.dim(3) == out_channels_);
     const int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2);
-    [[maybe_unused]] const int64_t ho = (h + 2 * params_.padding - kernel_size_) / params_.stride + 1;
-    [[maybe_unused]] const int64_t wo = (w + 2 * params_.padding - kernel_size_) / params_.stride + 1;
-    assert(y.dim(0) == n && y.dim(1) == ho && y.dim(2) == wo);
+    assert(y.dim(0) == n && y.dim(1) == params_.out_height(h, kernel_size_) &&
+           y.dim(2) == params_.out_width(w, kernel_size_));
     const bool has_residual = extras.residual.defined();
     const Entry& entry = find_or_create(n, h, w, has_residual, extras.residual_scale, extras.activation);
 
@@ -99,8 +98,8 @@ class OneDnnConv2d final : public Conv2d {
         return e;
       }
     }
-    const int64_t k = kernel_size_, s = params_.stride, p = params_.padding;
-    const int64_t ho = (h + 2 * p - k) / s + 1, wo = (w + 2 * p - k) / s + 1;
+    const int64_t k = kernel_size_, s = params_.stride;
+    const int64_t ho = params_.out_height(h, k), wo = params_.out_width(w, k);
     // oneDNN's logical dims are always N, C, H, W; the nhwc tag says the bytes are NHWC.
     const memory::desc src = f32_desc({n, in_channels_, h, w}, tag::nhwc);
     const memory::desc weights = f32_desc({out_channels_, in_channels_, k, k}, tag::any);
@@ -108,7 +107,8 @@ class OneDnnConv2d final : public Conv2d {
     const memory::desc dst = f32_desc({n, out_channels_, ho, wo}, tag::nhwc);
     // Direct, not auto: auto may pick Winograd for 3x3, which is less accurate.
     dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-                                         src, weights, bias, dst, {s, s}, {p, p}, {p, p});
+                                         src, weights, bias, dst, {s, s}, {params_.pad_top(), params_.pad_left()},
+                                         {params_.pad_bottom(), params_.pad_right()});
     dnnl::post_ops ops;
     if (residual) ops.append_sum(residual_scale);  // dst = conv + bias + scale * dst
     append_activation(ops, activation);

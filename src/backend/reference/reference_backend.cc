@@ -39,7 +39,8 @@ class ReferenceConv2d : public Conv2d {
   void run(const Tensor& x, Tensor& y, const Conv2dExtras& extras) override {
     // Computed into a temporary because the residual may alias y and must be read intact.
     Tensor out = Tensor::empty(y.shape());
-    ref::conv2d(x, weight_, bias_, params_.stride, params_.padding, out);
+    const ref::Padding2d padding{params_.pad_top(), params_.pad_left(), params_.pad_bottom(), params_.pad_right()};
+    ref::conv2d(x, weight_, bias_, params_.stride, padding, out);
     if (extras.extra_bias.defined()) {
       assert(extras.extra_bias.rank() == 1 && extras.extra_bias.dim(0) == out_channels());
       ref::add(out, extras.extra_bias, out);

@@ -1,0 +1,160 @@
+// `sdstack generate`: prompts to PNG images (output/0.png, 1.png, ...) with a Stable Diffusion model.
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "backend/backend.h"
+#include "base/file.h"
+#include "base/progress.h"
+#include "base/strings.h"
+#include "cli/commands.h"
+#include "cli/common.h"
+#include "io/npy.h"
+#include "io/png.h"
+#include "pipeline/stable_diffusion.h"
+
+namespace sdstack::cli {
+namespace {
+
+// A model given as a folder, or as a Hub id found under ./models/ (where the seed's workflow puts it).
+base::Result<std::string> resolve_model(const std::string& model) {
+  if (base::is_directory(model)) return model;
+  std::string under_models = base::join_path("models", model);
+  if (base::is_directory(under_models)) return under_models;
+  return base::not_found("no model folder '" + model + "' (looked in ./" + model + " and ./" + under_models +
+                         "); pass a diffusers model folder with --model DIR");
+}
+
+base::Status make_directories(const std::string& dir) {
+  std::string path;
+  for (size_t i = 0; i <= dir.size(); ++i) {
+    if (i == dir.size() || dir[i] == '/') {
+      if (!path.empty() && !base::is_directory(path) && ::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
+        return base::io_error(path + ": cannot create folder: " + std::strerror(errno));
+      }
+    }
+    if (i < dir.size()) path += dir[i];
+  }
+  return base::Status::ok();
+}
+
+// The A1111-style "parameters" text most image tools read, and a JSON record of the same.
+std::vector<std::pair<std::string, std::string>> png_metadata(const pipeline::GenerateRequest& request,
+                                                              const pipeline::GenerateResult& result,
+                                                              const std::string& prompt, const std::string& negative,
+                                                              const std::string& model, int64_t width,
+                                                              int64_t height) {
+  char settings[512];
+  std::snprintf(settings, sizeof settings, "Steps: %d, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %lldx%lld",
+                request.steps, result.scheduler.c_str(), static_cast<double>(request.guidance_scale),
+                static_cast<unsigned long long>(result.seed), static_cast<long long>(width),
+                static_cast<long long>(height));
+  std::string parameters = prompt + "\n";
+  if (!negative.empty()) parameters += "Negative prompt: " + negative + "\n";
+  parameters += settings;
+  nlohmann::json record = {{"prompt", prompt},
+                           {"negative_prompt", negative},
+                           {"steps", request.steps},
+                           {"guidance_scale", request.guidance_scale},
+                           {"scheduler", result.scheduler},
+                           {"seed", result.seed},
+                           {"width", width},
+                           {"height", height},
+                           {"model", model}};
+  return {{"parameters", parameters}, {"sdstack", record.dump()}, {"Software", "sdstack"}};
+}
+
+}  // namespace
+
+int run_generate(int argc, char** argv) {
+  CLI::App app("Generate images from prompts with a Stable Diffusion model (diffusers folder layout).\n"
+               "One image per prompt (times --num-images-per-prompt), written as OUTPUT/0.png, 1.png, ...\n"
+               "The same seed gives the same image as diffusers on the CPU.",
+               argv[0]);
+  pipeline::GenerateRequest request;
+  std::string model = "runwayml/stable-diffusion-v1-5", output = "output", backend_name = "cpu", variant;
+  std::string dtype = "f32", save_latents, latents_path;
+  uint64_t seed = 0;
+  int threads = 0;
+  app.add_option("-P,--prompt", request.prompts, "Prompt (repeatable: one image each)")->required();
+  app.add_option("-N,--negative-prompt", request.negative_prompts,
+                 "Negative prompt (repeatable: one for all prompts, or one per prompt)");
+  app.add_option("-m,--model", model, "Model folder, or a Hub id found under ./models/")->capture_default_str();
+  app.add_option("-o,--output", output, "Folder for the images")->capture_default_str();
+  app.add_option("-s,--steps", request.steps, "Denoising steps")->capture_default_str()->check(CLI::Range(1, 1000));
+  app.add_option("-g,--guidance-scale", request.guidance_scale, "Classifier-free guidance scale (<= 1: none)")
+      ->capture_default_str();
+  app.add_option("--scheduler", request.scheduler,
+                 "Scheduler: " + base::join(schedulers::scheduler_names(), ", ") + " (default: the model's)");
+  app.add_option("--seed", seed, "Seed of the torch-compatible generator (default: random, printed)");
+  app.add_option("-W,--width", request.width, "Image width, a multiple of 8 (default: the model's)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("-H,--height", request.height, "Image height, a multiple of 8 (default: the model's)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("-n,--num-images-per-prompt", request.num_images_per_prompt, "Images per prompt")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  app.add_option("--eta", request.scheduler_options.eta, "DDIM's eta (0: deterministic)");
+  app.add_flag("--karras", request.scheduler_options.karras, "Karras sigmas (euler, dpmpp_2m, lms)");
+  app.add_option("--clip-skip", request.clip_skip, "Skip the last N text encoder layers")->check(CLI::NonNegativeNumber);
+  app.add_option("--latents", latents_path, "Initial latents from a .npy file [batch, 4, h/8, w/8] instead of noise");
+  app.add_option("--save-latents", save_latents, "Save the final latents (before the VAE) as .npy");
+  app.add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--dtype", dtype, "Compute type")->check(CLI::IsMember({"f32"}))->capture_default_str();
+  app.add_option("--backend", backend_name, "Compute backend")->check(CLI::IsMember({"cpu", "reference"}));
+  app.add_option("--variant", variant, "Weight variant to prefer (fp16)")->check(CLI::IsMember({"", "fp16"}));
+  if (int status = parse_arguments(app, argc, argv); status >= 0) return status;
+  if (app.count("--seed") > 0) request.seed = seed;
+
+  auto model_dir = resolve_model(model);
+  if (!model_dir.is_ok()) return report(model_dir.status());
+  if (!latents_path.empty()) {
+    auto latents = io::read_npy(latents_path);
+    if (!latents.is_ok()) return report(latents.status());
+    request.latents = *latents;
+  }
+  auto backend = backend::make_backend(backend_name, {.threads = threads});
+  if (!backend.is_ok()) return report(backend.status());
+  auto pipeline = pipeline::StableDiffusionPipeline::load(*model_dir, **backend, variant);
+  if (!pipeline.is_ok()) return report(pipeline.status());
+  if (base::Status status = make_directories(output); !status.is_ok()) return report(status);
+
+  std::optional<base::ProgressBar> progress;
+  auto result = (*pipeline)->generate(request, [&](int done, int total, const tensor::Tensor&) {
+    if (!progress) progress.emplace("denoising", total);
+    progress->update(done);
+  });
+  if (progress) progress->finish();
+  if (!result.is_ok()) return report(result.status());
+
+  const int64_t count = result->images.dim(0), height = result->images.dim(1), width = result->images.dim(2);
+  std::vector<std::string> negatives = request.negative_prompts;
+  for (int64_t i = 0; i < count; ++i) {
+    const size_t prompt_index = static_cast<size_t>(i / request.num_images_per_prompt);
+    const std::string negative =
+        negatives.empty() ? "" : negatives[negatives.size() == 1 ? 0 : prompt_index];
+    io::Image image = io::image_from_float(result->images.slice0(i, 1).reshape({height, width, 3}));
+    image.text = png_metadata(request, *result, request.prompts[prompt_index], negative, model, width, height);
+    const std::string path = base::join_path(output, std::to_string(i) + ".png");
+    if (base::Status status = io::write_png(path, image); !status.is_ok()) return report(status);
+    std::printf("%s\n", path.c_str());
+  }
+  if (!save_latents.empty()) {
+    if (base::Status status = io::write_npy(save_latents, result->final_latents); !status.is_ok()) {
+      return report(status);
+    }
+  }
+  std::fprintf(stderr, "sdstack: %lld image%s, %dx%d, %d steps, %s, seed %llu\n", static_cast<long long>(count),
+               count == 1 ? "" : "s", static_cast<int>(width), static_cast<int>(height), request.steps,
+               result->scheduler.c_str(), static_cast<unsigned long long>(result->seed));
+  return 0;
+}
+
+}  // namespace sdstack::cli

@@ -1,0 +1,291 @@
+// Building blocks shared by the UNet and the VAE, read like diffusers' modules of the same names.
+#include "models/blocks.h"
+
+#include <cassert>
+#include <cmath>
+#include <cstring>
+
+namespace sdstack::models {
+
+using backend::Activation;
+using backend::Conv2dExtras;
+using backend::Conv2dParams;
+using backend::LinearExtras;
+using base::Result;
+
+namespace {
+
+// Shape [N, H, W, C] with another channel count.
+Shape with_channels(const Tensor& x, int64_t channels) { return {x.dim(0), x.dim(1), x.dim(2), channels}; }
+
+}  // namespace
+
+// ---- ResnetBlock2D ----------------------------------------------------------------------------
+
+Result<ResnetBlock2D> ResnetBlock2D::load(WeightLoader& load, const std::string& prefix, const Options& options) {
+  ResnetBlock2D block;
+  block.backend_ = &load.backend();
+  block.options_ = options;
+  const int64_t in = options.in_channels, out = options.out_channels;
+  if (in % options.groups != 0 || out % options.groups != 0) {
+    return base::invalid_argument(prefix + ": " + std::to_string(in) + " -> " + std::to_string(out) +
+                                  " channels do not split into " + std::to_string(options.groups) +
+                                  " groups (norm_num_groups)");
+  }
+  const Conv2dParams same{1, 1};
+  SD_ASSIGN_OR_RETURN(block.norm1_, load.norm(prefix + ".norm1", in));
+  SD_ASSIGN_OR_RETURN(block.conv1_, load.conv2d(prefix + ".conv1", in, out, 3, same));
+  if (options.temb_channels > 0) {
+    SD_ASSIGN_OR_RETURN(block.time_emb_proj_, load.linear(prefix + ".time_emb_proj", options.temb_channels, out));
+  }
+  SD_ASSIGN_OR_RETURN(block.norm2_, load.norm(prefix + ".norm2", out));
+  SD_ASSIGN_OR_RETURN(block.conv2_, load.conv2d(prefix + ".conv2", out, out, 3, same));
+  if (in != out) {
+    SD_ASSIGN_OR_RETURN(block.conv_shortcut_, load.conv2d(prefix + ".conv_shortcut", in, out, 1, Conv2dParams{1, 0}));
+  }
+  return block;
+}
+
+Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor& silu_temb) const {
+  Backend& backend = *backend_;
+  const int64_t out = options_.out_channels;
+  // x: [N, H, W, in]
+  Tensor normed = Tensor::empty(x.shape());
+  backend.group_norm(x, norm1_.gamma, norm1_.beta, options_.groups, options_.eps, Activation::kSiLU, normed);
+
+  // h = conv1(silu(norm1(x))) + time_emb_proj(silu(temb)): the projected time embedding, the same
+  // for every image of the batch, is one more bias of conv1.
+  Conv2dExtras conv1_extras;
+  if (time_emb_proj_ != nullptr) {
+    assert(silu_temb.defined() && silu_temb.dim(0) == 1);
+    Tensor time_bias = Tensor::empty({1, out});  // [1, out]
+    time_emb_proj_->run(silu_temb, time_bias);
+    conv1_extras.extra_bias = time_bias.reshape({out});
+  }
+  Tensor h = Tensor::empty(with_channels(x, out));  // [N, H, W, out]
+  conv1_->run(normed, h, conv1_extras);
+  backend.group_norm(h, norm2_.gamma, norm2_.beta, options_.groups, options_.eps, Activation::kSiLU, h);
+
+  // y = shortcut(x) + conv2(h), the residual fused into conv2.
+  Tensor shortcut = x;
+  if (conv_shortcut_ != nullptr) {
+    shortcut = Tensor::empty(with_channels(x, out));
+    conv_shortcut_->run(x, shortcut);
+  }
+  Tensor y = Tensor::empty(with_channels(x, out));
+  Conv2dExtras conv2_extras;
+  conv2_extras.residual = shortcut;
+  conv2_->run(h, y, conv2_extras);
+  if (options_.output_scale_factor != 1.0f) backend.scale(y, 1.0f / options_.output_scale_factor, y);
+  return y;
+}
+
+// ---- Downsample2D / Upsample2D ----------------------------------------------------------------
+
+Result<Downsample2D> Downsample2D::load(WeightLoader& load, const std::string& prefix, int64_t channels,
+                                       int64_t padding) {
+  Conv2dParams params{2, padding};
+  if (padding == 0) {  // diffusers: F.pad(x, (0, 1, 0, 1)), then the unpadded stride-2 conv
+    params.extra_bottom = 1;
+    params.extra_right = 1;
+  }
+  Downsample2D block;
+  SD_ASSIGN_OR_RETURN(block.conv_, load.conv2d(prefix + ".conv", channels, channels, 3, params));
+  return block;
+}
+
+Tensor Downsample2D::forward(const Tensor& x) const {
+  // x: [N, H, W, C] -> [N, Ho, Wo, C]
+  const Conv2dParams& params = conv_->params();
+  Tensor y = Tensor::empty({x.dim(0), params.out_height(x.dim(1), 3), params.out_width(x.dim(2), 3), x.dim(3)});
+  conv_->run(x, y);
+  return y;
+}
+
+Result<Upsample2D> Upsample2D::load(WeightLoader& load, const std::string& prefix, int64_t channels) {
+  Upsample2D block;
+  block.backend_ = &load.backend();
+  SD_ASSIGN_OR_RETURN(block.conv_, load.conv2d(prefix + ".conv", channels, channels, 3, Conv2dParams{1, 1}));
+  return block;
+}
+
+namespace {
+
+// torch's F.interpolate(mode="nearest", size=...) for sizes other than 2x: source row
+// min(floor(dst * (in / out)), in - 1), the scale computed in float as torch does.
+void resize_nearest(const Tensor& x, Tensor& y) {
+  // x: [N, H, W, C]; y: [N, Ho, Wo, C]
+  const int64_t n_batch = x.dim(0), h_in = x.dim(1), w_in = x.dim(2), channels = x.dim(3);
+  const int64_t h_out = y.dim(1), w_out = y.dim(2);
+  auto source = [](int64_t dst, int64_t in, int64_t out) {
+    if (out == in) return dst;
+    if (out == 2 * in) return dst >> 1;
+    const float scale = static_cast<float>(in) / static_cast<float>(out);
+    const int64_t src = static_cast<int64_t>(std::floor(static_cast<float>(dst) * scale));
+    return src < in - 1 ? src : in - 1;
+  };
+  const size_t pixel_bytes = static_cast<size_t>(channels) * sizeof(float);
+  for (int64_t n = 0; n < n_batch; ++n) {
+    for (int64_t i = 0; i < h_out; ++i) {
+      const int64_t si = source(i, h_in, h_out);
+      for (int64_t j = 0; j < w_out; ++j) {
+        const int64_t sj = source(j, w_in, w_out);
+        std::memcpy(y.data<float>() + ((n * h_out + i) * w_out + j) * channels,
+                    x.data<float>() + ((n * h_in + si) * w_in + sj) * channels, pixel_bytes);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Tensor Upsample2D::forward(const Tensor& x, int64_t out_height, int64_t out_width) const {
+  // x: [N, H, W, C] -> up: [N, out_height, out_width, C] -> conv -> same shape
+  Tensor up = Tensor::empty({x.dim(0), out_height, out_width, x.dim(3)});
+  if (out_height == 2 * x.dim(1) && out_width == 2 * x.dim(2)) {
+    backend_->upsample_nearest2x(x, up);
+  } else {
+    resize_nearest(x, up);
+  }
+  Tensor y = Tensor::empty(up.shape());
+  conv_->run(up, y);
+  return y;
+}
+
+// ---- Transformer2DModel -----------------------------------------------------------------------
+
+// diffusers' BasicTransformerBlock ("layer_norm" norms, eps 1e-5), on h: [N, L, C]:
+//   h = attn1(norm1(h)) + h                 self-attention
+//   h = attn2(norm2(h), context) + h        cross-attention on the text embeddings
+//   h = ff(norm3(h)) + h                    ff.net.2(GEGLU(ff.net.0.proj(.)))
+// attn*.to_q/to_k/to_v have no bias, to_out.0 has one; the residuals are fused into to_out.0 and ff.net.2.
+struct Transformer2DModel::BasicTransformerBlock {
+  struct Attention {
+    std::unique_ptr<backend::Linear> to_q, to_k, to_v, to_out;
+  };
+  NormWeights norm1, norm2, norm3;
+  Attention attn1, attn2;
+  std::unique_ptr<backend::Linear> ff_proj, ff_out;  // ff.net.0.proj [2F, C], ff.net.2 [C, F]
+};
+
+Transformer2DModel::~Transformer2DModel() = default;
+Transformer2DModel::Transformer2DModel(Transformer2DModel&&) noexcept = default;
+Transformer2DModel& Transformer2DModel::operator=(Transformer2DModel&&) noexcept = default;
+
+namespace {
+
+constexpr float kTransformerGroupNormEps = 1e-6f;  // Transformer2DModel.norm
+constexpr float kTransformerLayerNormEps = 1e-5f;  // BasicTransformerBlock's norms (norm_eps default)
+constexpr int64_t kFeedForwardMult = 4;            // FeedForward(mult=4)
+
+}  // namespace
+
+Result<Transformer2DModel> Transformer2DModel::load(WeightLoader& load, const std::string& prefix,
+                                                   const Options& options) {
+  Transformer2DModel model;
+  model.backend_ = &load.backend();
+  model.options_ = options;
+  const int64_t c = options.channels, ctx = options.cross_attention_dim, ff = kFeedForwardMult * c;
+  assert(c % options.heads == 0);
+
+  SD_ASSIGN_OR_RETURN(model.norm_, load.norm(prefix + ".norm", c));
+  auto projection = [&](const std::string& name) -> Result<std::unique_ptr<backend::Linear>> {
+    if (options.use_linear_projection) return load.linear(prefix + "." + name, c, c);
+    SD_ASSIGN_OR_RETURN(Tensor weight, load.raw(prefix + "." + name + ".weight", {c, c, 1, 1}));
+    SD_ASSIGN_OR_RETURN(Tensor bias, load.raw(prefix + "." + name + ".bias", {c}));
+    return load.backend().make_linear(weight.reshape({c, c}), bias);
+  };
+  SD_ASSIGN_OR_RETURN(model.proj_in_, projection("proj_in"));
+
+  for (int64_t i = 0; i < options.layers; ++i) {
+    const std::string p = prefix + ".transformer_blocks." + std::to_string(i) + ".";
+    BasicTransformerBlock block;
+    SD_ASSIGN_OR_RETURN(block.norm1, load.norm(p + "norm1", c));
+    SD_ASSIGN_OR_RETURN(block.attn1.to_q, load.linear(p + "attn1.to_q", c, c, /*bias=*/false));
+    SD_ASSIGN_OR_RETURN(block.attn1.to_k, load.linear(p + "attn1.to_k", c, c, /*bias=*/false));
+    SD_ASSIGN_OR_RETURN(block.attn1.to_v, load.linear(p + "attn1.to_v", c, c, /*bias=*/false));
+    SD_ASSIGN_OR_RETURN(block.attn1.to_out, load.linear(p + "attn1.to_out.0", c, c));
+    SD_ASSIGN_OR_RETURN(block.norm2, load.norm(p + "norm2", c));
+    SD_ASSIGN_OR_RETURN(block.attn2.to_q, load.linear(p + "attn2.to_q", c, c, /*bias=*/false));
+    SD_ASSIGN_OR_RETURN(block.attn2.to_k, load.linear(p + "attn2.to_k", ctx, c, /*bias=*/false));
+    SD_ASSIGN_OR_RETURN(block.attn2.to_v, load.linear(p + "attn2.to_v", ctx, c, /*bias=*/false));
+    SD_ASSIGN_OR_RETURN(block.attn2.to_out, load.linear(p + "attn2.to_out.0", c, c));
+    SD_ASSIGN_OR_RETURN(block.norm3, load.norm(p + "norm3", c));
+    SD_ASSIGN_OR_RETURN(block.ff_proj, load.linear(p + "ff.net.0.proj", c, 2 * ff));
+    SD_ASSIGN_OR_RETURN(block.ff_out, load.linear(p + "ff.net.2", ff, c));
+    model.transformer_blocks_.push_back(std::move(block));
+  }
+  SD_ASSIGN_OR_RETURN(model.proj_out_, projection("proj_out"));
+  return model;
+}
+
+Tensor Transformer2DModel::forward(const Tensor& x, const Tensor& context) const {
+  Backend& backend = *backend_;
+  const int64_t n = x.dim(0), length = x.dim(1) * x.dim(2), c = options_.channels, heads = options_.heads;
+  const int64_t context_length = context.dim(1), ff = kFeedForwardMult * c;
+  assert(x.dim(3) == c && context.dim(0) == n && context.dim(2) == options_.cross_attention_dim);
+
+  // h = proj_in(norm(x)): x: [N, H, W, C] -> h: [N, H*W, C]
+  Tensor normed = Tensor::empty(x.shape());
+  backend.group_norm(x, norm_.gamma, norm_.beta, options_.groups, kTransformerGroupNormEps, Activation::kNone, normed);
+  Tensor h = Tensor::empty({n, length, c});
+  proj_in_->run(normed.reshape({n, length, c}), h);
+
+  // Buffers shared by the blocks.
+  Tensor h_normed = Tensor::empty({n, length, c});
+  Tensor q = Tensor::empty({n, length, c});
+  Tensor self_k = Tensor::empty({n, length, c}), self_v = Tensor::empty({n, length, c});
+  Tensor cross_k = Tensor::empty({n, context_length, c}), cross_v = Tensor::empty({n, context_length, c});
+  Tensor attended = Tensor::empty({n, length, c});
+  Tensor ff_hidden = Tensor::empty({n, length, 2 * ff}), ff_gated = Tensor::empty({n, length, ff});
+  const LinearExtras add_to_h{Activation::kNone, h};  // y = x W^T + b + h, written over h
+
+  for (const BasicTransformerBlock& block : transformer_blocks_) {
+    // 1. Self-attention.
+    backend.layer_norm(h, block.norm1.gamma, block.norm1.beta, kTransformerLayerNormEps, h_normed);
+    block.attn1.to_q->run(h_normed, q);
+    block.attn1.to_k->run(h_normed, self_k);
+    block.attn1.to_v->run(h_normed, self_v);
+    backend.attention(q, self_k, self_v, heads, /*causal=*/false, attended);
+    block.attn1.to_out->run(attended, h, add_to_h);
+    // 2. Cross-attention: queries from the image, keys and values from the text.
+    backend.layer_norm(h, block.norm2.gamma, block.norm2.beta, kTransformerLayerNormEps, h_normed);
+    block.attn2.to_q->run(h_normed, q);
+    block.attn2.to_k->run(context, cross_k);
+    block.attn2.to_v->run(context, cross_v);
+    backend.attention(q, cross_k, cross_v, heads, /*causal=*/false, attended);
+    block.attn2.to_out->run(attended, h, add_to_h);
+    // 3. Feed-forward with GEGLU: [N, L, C] -> [N, L, 2F] -> [N, L, F] -> [N, L, C].
+    backend.layer_norm(h, block.norm3.gamma, block.norm3.beta, kTransformerLayerNormEps, h_normed);
+    block.ff_proj->run(h_normed, ff_hidden);
+    backend.geglu(ff_hidden, ff_gated);
+    block.ff_out->run(ff_gated, h, add_to_h);
+  }
+
+  // y = proj_out(h) + x: [N, H*W, C] -> [N, H, W, C]
+  Tensor y = Tensor::empty(x.shape());
+  Tensor y_rows = y.reshape({n, length, c});
+  proj_out_->run(h, y_rows, LinearExtras{Activation::kNone, x.reshape({n, length, c})});
+  return y;
+}
+
+// ---- helpers ----------------------------------------------------------------------------------
+
+Result<std::unique_ptr<backend::Linear>> load_linear_or_1x1(const io::WeightSet& weights, WeightLoader& load,
+                                                            const std::string& prefix, int64_t in, int64_t out,
+                                                            bool bias) {
+  const std::string name = prefix + ".weight";
+  if (weights.contains(name)) {
+    SD_ASSIGN_OR_RETURN(Tensor stored, weights.get(name));
+    if (stored.shape() == Shape{out, in, 1, 1}) {
+      Tensor bias_tensor;
+      if (bias) {
+        SD_ASSIGN_OR_RETURN(bias_tensor, load.raw(prefix + ".bias", {out}));
+      }
+      return load.backend().make_linear(stored.reshape({out, in}), bias_tensor);
+    }
+  }
+  return load.linear(prefix, in, out, bias);  // [out, in], or the error naming the tensor and both shapes
+}
+
+}  // namespace sdstack::models
