@@ -19,9 +19,43 @@ constexpr int64_t kFlushPixels = 64;
 
 }  // namespace
 
+// Per-channel sums of value(x[p, ch], ch) over the `pixels` pixels of one image xi: [pixels, C],
+// in float runs of kFlushPixels pixels (contiguous, vectorised across channels) flushed into
+// per-thread doubles; returns the per-channel totals.
+template <typename Value>
+std::vector<double> channel_sums(const float* xi, int64_t pixels, int64_t c, Value value) {
+  const int threads = omp_get_max_threads();
+  std::vector<double> sums(static_cast<size_t>(threads * c), 0.0);
+#pragma omp parallel
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t begin = pixels * t / nt, end = pixels * (t + 1) / nt;
+    double* sum = sums.data() + static_cast<size_t>(t) * c;
+    std::vector<float> part(static_cast<size_t>(c));
+    for (int64_t p0 = begin; p0 < end; p0 += kFlushPixels) {
+      const int64_t p1 = std::min(p0 + kFlushPixels, end);
+      std::fill(part.begin(), part.end(), 0.0f);
+      for (int64_t p = p0; p < p1; ++p) {
+        const float* row = xi + p * c;
+        for (int64_t ch = 0; ch < c; ++ch) part[ch] += value(row[ch], ch);
+      }
+      for (int64_t ch = 0; ch < c; ++ch) sum[ch] += part[ch];
+    }
+  }
+  std::vector<double> total(static_cast<size_t>(c), 0.0);
+  for (int t = 0; t < threads; ++t) {
+    for (int64_t ch = 0; ch < c; ++ch) total[ch] += sums[static_cast<size_t>(t * c + ch)];
+  }
+  return total;
+}
+
 // x, y: [N, HW, C] viewed as pixels of C channels; group g = channels [g Cg, (g+1) Cg).
-// Pass 1: per-channel sum and sum of squares (double), reduced to per-group mean and variance.
-// Pass 2: y = x * a[c] + b[c] with a = gamma rstd, b = beta - mean a, then the activation.
+// Pass 1: per-group mean. Pass 2: per-group variance as the mean of (x - mean)^2: two passes,
+// not E[x^2] - mean^2, which cancels catastrophically when the variance is small next to the mean
+// (SD's deepest levels normalise groups of a handful of values). Pass 3: y = (x - mean) a[c] + beta[c]
+// with a = gamma rstd, then the activation, computed in double: x - mean must not lose the digits
+// that a float mean (or x a + (beta - mean a)) would round away. The pass is memory-bound, so the
+// double arithmetic costs little.
 void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_t groups, float eps,
                 Activation act, Tensor& y) {
   assert(x.dtype() == DType::kF32 && x.is_contiguous() && y.is_contiguous() && x.numel() == y.numel());
@@ -34,55 +68,37 @@ void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_
   const std::vector<float> b = beta.to_vector();
   const float* in = x.data<float>();
   float* out = y.data<float>();
+  const double count = static_cast<double>(pixels * group_size);
 
-  // Per (image, channel) scale and shift for pass 2.
-  std::vector<float> channel_scale(static_cast<size_t>(n * c)), channel_shift(static_cast<size_t>(n * c));
-  const int threads = omp_get_max_threads();
-  std::vector<double> sums(static_cast<size_t>(threads) * 2 * c);
+  // Per (image, channel) mean and scale for pass 3.
+  std::vector<double> channel_scale(static_cast<size_t>(n * c)), channel_center(static_cast<size_t>(n * c));
+  std::vector<double> channel_mean(static_cast<size_t>(c));
   for (int64_t img = 0; img < n; ++img) {
     const float* xi = in + img * pixels * c;
-    std::fill(sums.begin(), sums.end(), 0.0);
-#pragma omp parallel
-    {
-      // Each thread sums a contiguous range of pixels into its own per-channel doubles.
-      const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-      const int64_t begin = pixels * t / nt, end = pixels * (t + 1) / nt;
-      double* sum = sums.data() + static_cast<size_t>(t) * 2 * c;
-      double* sum_sq = sum + c;
-      std::vector<float> part(static_cast<size_t>(c)), part_sq(static_cast<size_t>(c));
-      for (int64_t p0 = begin; p0 < end; p0 += kFlushPixels) {
-        const int64_t p1 = p0 + kFlushPixels < end ? p0 + kFlushPixels : end;
-        for (int64_t ch = 0; ch < c; ++ch) part[ch] = part_sq[ch] = 0.0f;
-        for (int64_t p = p0; p < p1; ++p) {
-          const float* row = xi + p * c;
-          for (int64_t ch = 0; ch < c; ++ch) {
-            part[ch] += row[ch];
-            part_sq[ch] += row[ch] * row[ch];
-          }
-        }
-        for (int64_t ch = 0; ch < c; ++ch) {
-          sum[ch] += part[ch];
-          sum_sq[ch] += part_sq[ch];
-        }
+    const std::vector<double> sums = channel_sums(xi, pixels, c, [](float v, int64_t) { return v; });
+    std::vector<double> group_mean(static_cast<size_t>(groups), 0.0);
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      double s = 0.0;
+      for (int64_t ch = grp * group_size; ch < (grp + 1) * group_size; ++ch) s += sums[ch];
+      group_mean[grp] = s / count;
+      for (int64_t ch = grp * group_size; ch < (grp + 1) * group_size; ++ch) {
+        channel_mean[ch] = group_mean[grp];
       }
     }
-    const double count = static_cast<double>(pixels * group_size);
+    const double* mean = channel_mean.data();
+    const std::vector<double> squares = channel_sums(xi, pixels, c, [mean](float v, int64_t ch) {
+      const double d = static_cast<double>(v) - mean[ch];
+      return static_cast<float>(d * d);
+    });
     for (int64_t grp = 0; grp < groups; ++grp) {
-      double s = 0.0, ss = 0.0;
-      for (int t = 0; t < threads; ++t) {
-        const double* sum = sums.data() + static_cast<size_t>(t) * 2 * c;
-        for (int64_t ch = grp * group_size; ch < (grp + 1) * group_size; ++ch) {
-          s += sum[ch];
-          ss += sum[c + ch];
-        }
-      }
-      const double mean = s / count;
-      const double var = std::max(ss / count - mean * mean, 0.0);  // biased, as torch
+      double ss = 0.0;
+      for (int64_t ch = grp * group_size; ch < (grp + 1) * group_size; ++ch) ss += squares[ch];
+      const double var = ss / count;  // biased, as torch
       const double rstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
       for (int64_t ch = grp * group_size; ch < (grp + 1) * group_size; ++ch) {
         const double a = static_cast<double>(g[ch]) * rstd;
-        channel_scale[img * c + ch] = static_cast<float>(a);
-        channel_shift[img * c + ch] = static_cast<float>(static_cast<double>(b[ch]) - mean * a);
+        channel_scale[img * c + ch] = a;
+        channel_center[img * c + ch] = channel_mean[ch];
       }
     }
   }
@@ -90,14 +106,16 @@ void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < n * pixels; ++row) {
     const int64_t img = row / pixels;
-    const float* a = channel_scale.data() + img * c;
-    const float* sh = channel_shift.data() + img * c;
+    const double* a = channel_scale.data() + img * c;
+    const double* m = channel_center.data() + img * c;
+    const float* bp = b.data();
     const float* xr = in + row * c;
     float* yr = out + row * c;
+    for (int64_t ch = 0; ch < c; ++ch) {
+      yr[ch] = static_cast<float>((static_cast<double>(xr[ch]) - m[ch]) * a[ch] + static_cast<double>(bp[ch]));
+    }
     if (act == Activation::kSiLU) {
-      for (int64_t ch = 0; ch < c; ++ch) yr[ch] = silu(xr[ch] * a[ch] + sh[ch]);
-    } else {
-      for (int64_t ch = 0; ch < c; ++ch) yr[ch] = xr[ch] * a[ch] + sh[ch];
+      for (int64_t ch = 0; ch < c; ++ch) yr[ch] = silu(yr[ch]);
     }
   }
 }
