@@ -127,9 +127,9 @@ int run_generate(int argc, char** argv) {
   if (base::Status status = make_directories(output); !status.is_ok()) return report(status);
 
   std::optional<base::ProgressBar> progress;
-  auto result = (*pipeline)->generate(request, [&](int done, int total, const tensor::Tensor&) {
-    if (!progress) progress.emplace("denoising", total);
-    progress->update(done);
+  auto result = (*pipeline)->generate(request, [&](const pipeline::StepInfo& step) {
+    if (!progress) progress.emplace("denoising", step.total);
+    progress->update(step.done);
   });
   if (progress) progress->finish();
   if (!result.is_ok()) return report(result.status());

@@ -130,6 +130,9 @@ Result<GenerateResult> StableDiffusionPipeline::generate(const GenerateRequest& 
                                     " images of " + std::to_string(width) + "x" + std::to_string(height));
     }
     latents = request.latents.to(tensor::DType::kF32);
+    // With a seed too, the generator moves past the draw it would have made, so latents saved
+    // from a seeded run reproduce that run, step noise included (the golden data's convention).
+    if (request.seed.has_value()) generator.randn(latent_shape);
   } else {
     latents = generator.randn(latent_shape);
   }
@@ -147,7 +150,8 @@ Result<GenerateResult> StableDiffusionPipeline::generate(const GenerateRequest& 
     if (guidance) model_input = concat0(model_input, model_input);
     SD_ASSIGN_OR_RETURN(Tensor noise_pred_nhwc,
                         unet_->forward(tensor::nchw_to_nhwc(model_input), timesteps[i], encoder_states));
-    Tensor noise_pred = tensor::nhwc_to_nchw(noise_pred_nhwc);
+    const Tensor unet_output = tensor::nhwc_to_nchw(noise_pred_nhwc);
+    Tensor noise_pred = unet_output;
     if (guidance) {
       // eps = eps_uncond + g * (eps_text - eps_uncond)
       Tensor guided = Tensor::empty(latents.shape());
@@ -158,7 +162,7 @@ Result<GenerateResult> StableDiffusionPipeline::generate(const GenerateRequest& 
       noise_pred = guided;
     }
     latents = scheduler->step(noise_pred, i, latents, &generator);
-    if (on_step) on_step(static_cast<int>(i) + 1, total, latents);
+    if (on_step) on_step(StepInfo{static_cast<int>(i) + 1, total, &unet_output, &latents});
   }
   result.final_latents = latents;
   result.scheduler = scheduler->class_name();

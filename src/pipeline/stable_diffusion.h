@@ -32,7 +32,10 @@ struct GenerateRequest {
   std::optional<uint64_t> seed;  // none: a random seed, reported in the result
   std::string scheduler;         // "" : the model's own
   schedulers::SchedulerOptions scheduler_options;
-  Tensor latents;  // optional initial latents, NCHW [batch, 4, h/8, w/8] (before init_noise_sigma)
+  // Optional initial latents, NCHW [batch, 4, h/8, w/8] (before init_noise_sigma). With a seed as
+  // well, the generator skips the draw it would have made for them, so latents saved from a seeded
+  // run plus the same seed reproduce that run exactly (ancestral noise included).
+  Tensor latents;
   int clip_skip = 0;
 };
 
@@ -43,8 +46,14 @@ struct GenerateResult {
   std::string scheduler;  // diffusers' class name of the scheduler used
 };
 
-// Called after each denoising step with (steps done, steps in all, the latents after it: NCHW).
-using StepCallback = std::function<void(int done, int total, const Tensor& latents)>;
+// What the pipeline reports after each denoising step (one UNet call and one scheduler step).
+struct StepInfo {
+  int done = 0;   // steps done, 1-based
+  int total = 0;  // steps in all
+  const Tensor* unet_output = nullptr;  // the UNet's raw output, NCHW; with guidance [uncond..., cond...]
+  const Tensor* latents = nullptr;      // the latents after the step, NCHW
+};
+using StepCallback = std::function<void(const StepInfo& step)>;
 
 // Holds the loaded components of one model; load once, generate many times. Not thread-safe.
 class StableDiffusionPipeline {

@@ -46,119 +46,139 @@ GenerateRequest request_for(const nlohmann::json& c) {
   return request;
 }
 
-class PipelineGoldenTest : public ::testing::TestWithParam<std::string> {
+// One golden run: a case, a backend, and where the initial latents come from (the seed, or the
+// case's saved init_latents.npy).
+struct GoldenRun {
+  std::string case_id;
+  std::string backend;
+  bool from_seed;
+};
+
+std::string run_name(const ::testing::TestParamInfo<GoldenRun>& param_info) {
+  std::string name = param_info.param.case_id + "_" + param_info.param.backend +
+                     (param_info.param.from_seed ? "_seed" : "_init_latents");
+  for (char& ch : name) {
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  }
+  return name;
+}
+
+// The bar: every UNet output, every step's latents and the final latents within
+// 1e-3 x max(1, max |reference|) (max abs error), and the 8-bit pixels at most 1 apart on at
+// least 99.9% of pixels. Both backends meet it on every case but one: on pndm_cfg7.5_s10_64 the
+// fp32 CPU backend drifts to ~10x the bar from its third step on, while the reference backend (the
+// oracle: the same math, sums in double) stays at 0.65x. That case is chaotic on the tiny random
+// model (its deepest level is 1x1, where group norm over two values amplifies rounding, and
+// guidance multiplies differences by 7.5 each step): nudging its initial latents by one part in
+// 10^6 moves its final latents by 4.5%, so fp32 rounding differences from torch grow past the bar.
+// For that case alone the CPU backend is allowed kChaoticSlack times the bar; a real difference
+// (guidance, batch order, negative prompts, noise order, VAE scaling) moves results by order 1.
+constexpr float kBar = 1e-3f;
+constexpr double kBarPixels = 0.999;
+constexpr float kChaoticSlack = 25.0f;
+const char* const kChaoticCase = "pndm_cfg7.5_s10_64";
+
+// max |a - b| / (kBar * max(1, max |b|)): <= 1 meets the bar.
+float bar_ratio(const Tensor& ours, const Tensor& reference) {
+  std::vector<float> a = ours.to_vector(), b = reference.to_vector();
+  float error = 0.0f, magnitude = 1.0f;
+  for (size_t i = 0; i < a.size(); ++i) {
+    error = std::max(error, std::fabs(a[i] - b[i]));
+    magnitude = std::max(magnitude, std::fabs(b[i]));
+  }
+  return std::isfinite(error) ? error / (kBar * magnitude) : INFINITY;
+}
+
+class PipelineGoldenTest : public ::testing::TestWithParam<GoldenRun> {
  protected:
-  static void SetUpTestSuite() {
-    if (!have_golden()) return;
-    backend_ = std::move(backend::make_backend("cpu")).value();
+  void SetUp() override {
+    if (!have_golden()) GTEST_SKIP() << "no golden data at " << golden_dir();
+    auto backend = backend::make_backend(GetParam().backend);
+    ASSERT_TRUE(backend.is_ok());
+    backend_ = std::move(backend).value();
     auto pipeline = StableDiffusionPipeline::load(golden_dir() + "/tiny-sd", *backend_);
     ASSERT_TRUE(pipeline.is_ok()) << pipeline.status().message();
     pipeline_ = std::move(pipeline).value();
   }
-  static void TearDownTestSuite() {
-    pipeline_.reset();
-    backend_.reset();
-  }
-  void SetUp() override {
-    if (!have_golden()) GTEST_SKIP() << "no golden data at " << golden_dir();
-  }
 
-  static std::unique_ptr<backend::Backend> backend_;
-  static std::unique_ptr<StableDiffusionPipeline> pipeline_;
+  std::unique_ptr<backend::Backend> backend_;
+  std::unique_ptr<StableDiffusionPipeline> pipeline_;
 };
-
-std::unique_ptr<backend::Backend> PipelineGoldenTest::backend_;
-std::unique_ptr<StableDiffusionPipeline> PipelineGoldenTest::pipeline_;
-
-// The component tests hold the tight bounds: every UNet call (1e-4), every scheduler step replayed
-// from diffusers' UNet outputs, the VAE, the text encoder, the noise. This test checks that the
-// pipeline puts them together as diffusers does (guidance formula, [uncond, cond] batch order,
-// negative prompts, images per prompt, noise draw order, VAE scaling, pixel conversion): a mistake
-// in any of these moves the results by order 1. Its bounds allow for the tiny random model being
-// chaotic: its deepest level is 1x1, where group norm amplifies rounding, and guidance multiplies
-// differences by 7.5 each step, so diffusers' own fp32 noise (~1e-4 on a few UNet calls) grows to
-// percents in the final latents of some cases (nudging the initial latents by one part in 10^6
-// moves pndm_cfg7.5_s10_64's final latents by 4.5%).
-constexpr float kFirstStepTolerance = 2e-2f;  // max |a-b| / (|b| + 1), after one UNet call and step
-constexpr float kFinalTolerance = 0.1f;       // the same measure on the final latents
-constexpr float kImageTolerance = 0.02f;      // max |a-b| on [0, 1] pixels
-constexpr double kMinEqualPixels = 0.75;      // 8-bit pixels equal to diffusers' PNGs
-
-struct Trajectory {
-  GenerateResult result;
-  Tensor first_step;  // latents after the first step, NCHW
-};
-
-Trajectory run(StableDiffusionPipeline& pipeline, const GenerateRequest& request) {
-  Trajectory out;
-  auto result = pipeline.generate(request, [&](int done, int, const Tensor& latents) {
-    if (done == 1) out.first_step = latents.contiguous();
-  });
-  EXPECT_TRUE(result.is_ok()) << result.status().message();
-  if (result.is_ok()) out.result = *result;
-  return out;
-}
 
 TEST_P(PipelineGoldenTest, MatchesDiffusers) {
+  const GoldenRun& run = GetParam();
   std::ifstream in(golden_dir() + "/manifest.json");
   nlohmann::json manifest = nlohmann::json::parse(in);
   const nlohmann::json* found = nullptr;
   for (const nlohmann::json& c : manifest["cases"]) {
-    if (c["id"] == GetParam()) found = &c;
+    if (c["id"] == run.case_id) found = &c;
   }
   ASSERT_NE(found, nullptr);
   const nlohmann::json& c = *found;
   const std::string dir = golden_dir() + "/" + c["dir"].get<std::string>() + "/";
-  const GenerateRequest request = request_for(c);
+  GenerateRequest request = request_for(c);
+  if (!run.from_seed) {
+    auto init = io::read_npy(dir + "init_latents.npy");
+    ASSERT_TRUE(init.is_ok());
+    request.latents = *init;
+  }
+  auto unet_out = io::read_npy(dir + "unet_out.npy");        // [calls, 2B or B, 4, h, w]
+  auto latents_steps = io::read_npy(dir + "latents_steps.npy");  // [calls, B, 4, h, w]
+  auto final_latents = io::read_npy(dir + "final_latents.npy");
+  ASSERT_TRUE(unet_out.is_ok() && latents_steps.is_ok() && final_latents.is_ok());
 
-  Trajectory ours = run(*pipeline_, request);
-  ASSERT_TRUE(ours.result.final_latents.defined());
-  auto expected_steps = io::read_npy(dir + "latents_steps.npy");  // [calls, B, 4, h, w]
-  auto expected_latents = io::read_npy(dir + "final_latents.npy");
-  auto expected_image = io::read_npy(dir + "image.npy");  // NHWC in [0, 1]
-  ASSERT_TRUE(expected_steps.is_ok() && expected_latents.is_ok() && expected_image.is_ok());
-  ASSERT_EQ(ours.result.final_latents.shape(), expected_latents->shape());
-  ASSERT_EQ(ours.result.images.shape(), expected_image->shape());
+  float worst_unet = 0.0f, worst_step = 0.0f;
+  int steps_seen = 0;
+  auto result = pipeline_->generate(request, [&](const StepInfo& step) {
+    const int64_t i = step.done - 1;
+    ++steps_seen;
+    Tensor expected_unet = unet_out->slice0(i, 1).reshape(step.unet_output->shape());
+    Tensor expected_latents = latents_steps->slice0(i, 1).reshape(step.latents->shape());
+    worst_unet = std::max(worst_unet, bar_ratio(*step.unet_output, expected_unet));
+    worst_step = std::max(worst_step, bar_ratio(*step.latents, expected_latents));
+  });
+  ASSERT_TRUE(result.is_ok()) << result.status().message();
+  EXPECT_EQ(steps_seen, latents_steps->dim(0));
+  const float final_ratio = bar_ratio(result->final_latents, *final_latents);
 
-  // 1. The first step.
-  Tensor expected_first = expected_steps->slice0(0, 1).reshape(ours.first_step.shape());
-  const float first_error = sdstack::testing::max_rel_diff(ours.first_step, expected_first);
-  EXPECT_LE(first_error, kFirstStepTolerance);
-
-  // 2. The final latents.
-  const float final_error = sdstack::testing::max_rel_diff(ours.result.final_latents, *expected_latents);
-  EXPECT_LE(final_error, kFinalTolerance);
-
-  // 3. The images, and most 8-bit pixels equal to diffusers'.
-  const float image_error = sdstack::testing::max_abs_diff(ours.result.images, *expected_image);
-  EXPECT_LE(image_error, kImageTolerance);
-  int64_t equal = 0, total = 0;
-  for (int64_t i = 0; i < ours.result.images.dim(0); ++i) {
+  // Pixels of diffusers' PNGs.
+  int64_t close = 0, total = 0;
+  for (int64_t i = 0; i < result->images.dim(0); ++i) {
     auto png = io::read_png(dir + "image_" + std::to_string(i) + ".png");
     ASSERT_TRUE(png.is_ok()) << png.status().message();
-    io::Image image = io::image_from_float(ours.result.images.slice0(i, 1).reshape({png->height, png->width, 3}));
-    for (size_t p = 0; p < image.rgb.size(); ++p) equal += image.rgb[p] == png->rgb[p] ? 1 : 0;
-    total += static_cast<int64_t>(image.rgb.size());
+    ASSERT_EQ(png->width * png->height * 3, result->images.numel() / result->images.dim(0));
+    io::Image ours = io::image_from_float(result->images.slice0(i, 1).reshape({png->height, png->width, 3}));
+    for (size_t p = 0; p < ours.rgb.size(); ++p) close += std::abs(ours.rgb[p] - png->rgb[p]) <= 1 ? 1 : 0;
+    total += static_cast<int64_t>(ours.rgb.size());
   }
-  const double equal_fraction = static_cast<double>(equal) / static_cast<double>(total);
-  EXPECT_GE(equal_fraction, kMinEqualPixels);
-  std::printf("[ %s ] first step %.2g; final latents %.2g; image %.2g; %.1f%% of 8-bit pixels equal\n",
-              GetParam().c_str(), first_error, final_error, image_error, 100.0 * equal_fraction);
+  const double close_fraction = static_cast<double>(close) / static_cast<double>(total);
+
+  const float bound = run.backend == "cpu" && run.case_id == kChaoticCase ? kChaoticSlack : 1.0f;
+  EXPECT_LE(worst_unet, bound);
+  EXPECT_LE(worst_step, bound);
+  EXPECT_LE(final_ratio, bound);
+  EXPECT_GE(close_fraction, kBarPixels);
+  std::printf("[ %s ] worst / bar: UNet %.3g, steps %.3g, final %.3g; pixels within 1: %.2f%%\n",
+              run_name(::testing::TestParamInfo<GoldenRun>(run, 0)).c_str(), worst_unet, worst_step, final_ratio,
+              100.0 * close_fraction);
 }
 
-INSTANTIATE_TEST_SUITE_P(Golden, PipelineGoldenTest,
-                         ::testing::Values("pndm_cfg7.5_s10_64", "ddim_cfg7.5_s8_64", "euler_cfg7.5_s8_64",
-                                           "euler_a_cfg7.5_s8_64", "dpmpp2m_cfg7.5_s8_64", "lms_cfg7.5_s8_64",
-                                           "pndm_cfg1_s6_64", "ddim_neg_cfg7.5_s6_64", "pndm_cfg7.5_s4_h64w128",
-                                           "ddim_cfg7.5_s5_64_2img", "euler_a_cfg7.5_s5_64_2prompts",
-                                           "ddim_eta0.5_cfg7.5_s6_64"),
-                         [](const ::testing::TestParamInfo<std::string>& param_info) {
-                           std::string name = param_info.param;
-                           for (char& ch : name) {
-                             if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-                           }
-                           return name;
-                         });
+std::vector<GoldenRun> golden_runs() {
+  const std::vector<std::string> cases = {
+      "pndm_cfg7.5_s10_64",     "ddim_cfg7.5_s8_64",      "euler_cfg7.5_s8_64",
+      "euler_a_cfg7.5_s8_64",   "dpmpp2m_cfg7.5_s8_64",   "lms_cfg7.5_s8_64",
+      "pndm_cfg1_s6_64",        "ddim_neg_cfg7.5_s6_64",  "pndm_cfg7.5_s4_h64w128",
+      "ddim_cfg7.5_s5_64_2img", "euler_a_cfg7.5_s5_64_2prompts", "ddim_eta0.5_cfg7.5_s6_64"};
+  std::vector<GoldenRun> runs;
+  for (const std::string& id : cases) {
+    for (const char* backend : {"cpu", "reference"}) {
+      for (bool from_seed : {true, false}) runs.push_back({id, backend, from_seed});
+    }
+  }
+  return runs;
+}
+
+INSTANTIATE_TEST_SUITE_P(Golden, PipelineGoldenTest, ::testing::ValuesIn(golden_runs()), run_name);
 
 }  // namespace
 }  // namespace sdstack::pipeline
