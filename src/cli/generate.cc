@@ -45,17 +45,44 @@ base::Status make_directories(const std::string& dir) {
   return base::Status::ok();
 }
 
-// The A1111-style "parameters" text most image tools read, and a JSON record of the same.
+// The sampler's name as AUTOMATIC1111's webui writes it ("Euler a", "DPM++ 2M Karras", ...).
+std::string sampler_name(const std::string& class_name, bool karras) {
+  static const std::vector<std::pair<std::string, std::string>> names = {
+      {"PNDMScheduler", "PNDM"},
+      {"DDIMScheduler", "DDIM"},
+      {"EulerDiscreteScheduler", "Euler"},
+      {"EulerAncestralDiscreteScheduler", "Euler a"},
+      {"DPMSolverMultistepScheduler", "DPM++ 2M"},
+      {"LMSDiscreteScheduler", "LMS"}};
+  std::string name = class_name;
+  for (const auto& [cls, webui] : names) {
+    if (cls == class_name) name = webui;
+  }
+  return karras ? name + " Karras" : name;
+}
+
+// The model's name for metadata: a Hub id as given, or a folder's last component.
+std::string model_name(const std::string& model) {
+  std::string trimmed = model;
+  while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();
+  if (base::is_directory(trimmed) && trimmed.find('/') != std::string::npos) {
+    return trimmed.substr(trimmed.rfind('/') + 1);
+  }
+  return trimmed;
+}
+
+// The AUTOMATIC1111 "parameters" text that image viewers and webui read, and a JSON record of it.
 std::vector<std::pair<std::string, std::string>> png_metadata(const pipeline::GenerateRequest& request,
                                                               const pipeline::GenerateResult& result,
                                                               const std::string& prompt, const std::string& negative,
                                                               const std::string& model, int64_t width,
                                                               int64_t height) {
+  const std::string sampler = sampler_name(result.scheduler, request.scheduler_options.karras);
   char settings[512];
-  std::snprintf(settings, sizeof settings, "Steps: %d, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %lldx%lld",
-                request.steps, result.scheduler.c_str(), static_cast<double>(request.guidance_scale),
+  std::snprintf(settings, sizeof settings, "Steps: %d, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %lldx%lld, Model: %s",
+                request.steps, sampler.c_str(), static_cast<double>(request.guidance_scale),
                 static_cast<unsigned long long>(result.seed), static_cast<long long>(width),
-                static_cast<long long>(height));
+                static_cast<long long>(height), model_name(model).c_str());
   std::string parameters = prompt + "\n";
   if (!negative.empty()) parameters += "Negative prompt: " + negative + "\n";
   parameters += settings;
@@ -64,6 +91,8 @@ std::vector<std::pair<std::string, std::string>> png_metadata(const pipeline::Ge
                            {"steps", request.steps},
                            {"guidance_scale", request.guidance_scale},
                            {"scheduler", result.scheduler},
+                           {"karras", request.scheduler_options.karras},
+                           {"eta", request.scheduler_options.eta},
                            {"seed", result.seed},
                            {"width", width},
                            {"height", height},
