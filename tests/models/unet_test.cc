@@ -32,23 +32,14 @@ namespace sdstack::models {
 namespace {
 
 using sdstack::testing::golden_dir;
+using sdstack::testing::read_json;
+using sdstack::testing::read_npy_checked;
 using sdstack::testing::have_golden;
 using sdstack::testing::max_abs_diff;
 using sdstack::testing::random_tensor;
 
 constexpr float kUNetTolerance = 1e-4f;
 constexpr float kIllConditionedCap = 2e-3f;
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  return nlohmann::json::parse(in);
-}
-
-Tensor read(const std::string& path) {
-  auto t = io::read_npy(path);
-  EXPECT_TRUE(t.is_ok()) << t.status().message();
-  return t.is_ok() ? *t : Tensor();
-}
 
 // Row i of a stacked array [calls, ...] as its own contiguous tensor [...].
 Tensor row(const Tensor& stacked, int64_t i) {
@@ -72,16 +63,16 @@ struct UNetCalls {
 UNetCalls read_calls(const nlohmann::json& c) {
   const std::string dir = golden_dir() + "/" + c["dir"].get<std::string>() + "/";
   UNetCalls calls;
-  calls.unet_in = read(dir + "unet_in.npy");
-  calls.unet_t = read(dir + "unet_t.npy");
-  calls.unet_out = read(dir + "unet_out.npy");
-  const Tensor prompt = read(dir + "prompt_embeds.npy");
+  calls.unet_in = read_npy_checked(dir + "unet_in.npy");
+  calls.unet_t = read_npy_checked(dir + "unet_t.npy");
+  calls.unet_out = read_npy_checked(dir + "unet_out.npy");
+  const Tensor prompt = read_npy_checked(dir + "prompt_embeds.npy");
   EXPECT_EQ(calls.unet_in.shape(), (Shape(c["file_shapes"]["unet_in.npy"]["shape"].get<std::vector<int64_t>>())));
   if (!c["files"].contains("negative_prompt_embeds")) {
     calls.context = prompt;
     return calls;
   }
-  const Tensor negative = read(dir + "negative_prompt_embeds.npy");
+  const Tensor negative = read_npy_checked(dir + "negative_prompt_embeds.npy");
   const int64_t b = prompt.dim(0);
   calls.context = Tensor::empty({2 * b, prompt.dim(1), prompt.dim(2)});
   Tensor uncond = calls.context.slice0(0, b), cond = calls.context.slice0(b, b);

@@ -25,22 +25,13 @@ namespace sdstack::models {
 namespace {
 
 using sdstack::testing::golden_dir;
+using sdstack::testing::read_json;
+using sdstack::testing::read_npy_checked;
 using sdstack::testing::have_golden;
 using sdstack::testing::max_abs_diff;
 using sdstack::testing::random_tensor;
 
 constexpr float kVAETolerance = 1e-4f;
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  return nlohmann::json::parse(in);
-}
-
-Tensor read(const std::string& path) {
-  auto t = io::read_npy(path);
-  EXPECT_TRUE(t.is_ok()) << t.status().message();
-  return t.is_ok() ? *t : Tensor();
-}
 
 class VAEGoldenTest : public ::testing::Test {
  protected:
@@ -63,10 +54,10 @@ class VAEGoldenTest : public ::testing::Test {
   // final_latents / scaling_factor as NHWC, and diffusers' raw decode (NCHW).
   std::pair<Tensor, Tensor> decode_case(const nlohmann::json& c, float scaling_factor) {
     const std::string dir = golden_dir() + "/" + c["dir"].get<std::string>() + "/";
-    Tensor latents = read(dir + "final_latents.npy");
+    Tensor latents = read_npy_checked(dir + "final_latents.npy");
     float* values = latents.data<float>();
     for (int64_t i = 0; i < latents.numel(); ++i) values[i] /= scaling_factor;  // as the pipeline divides
-    return {tensor::nchw_to_nhwc(latents), read(dir + "vae_decode_raw.npy")};
+    return {tensor::nchw_to_nhwc(latents), read_npy_checked(dir + "vae_decode_raw.npy")};
   }
 
   nlohmann::json manifest_;

@@ -18,6 +18,8 @@ namespace sdstack::schedulers {
 namespace {
 
 using sdstack::testing::golden_dir;
+using sdstack::testing::read_json;
+using sdstack::testing::read_npy_checked;
 using sdstack::testing::have_golden;
 using tensor::Tensor;
 
@@ -37,11 +39,6 @@ class RecordedNoise : public NoiseSource {
   Tensor noise_;
   int64_t next_ = 0;
 };
-
-nlohmann::json read_json(const std::string& path) {
-  std::ifstream in(path);
-  return nlohmann::json::parse(in);
-}
 
 std::vector<std::string> golden_case_ids() {
   if (!have_golden()) return {"no_golden_data"};

@@ -1,6 +1,8 @@
 // Helpers shared by the tests.
 #include "testing/testing.h"
 
+#include "io/npy.h"
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -20,6 +22,20 @@ std::string golden_dir() {
 }
 
 bool have_golden() { return std::filesystem::exists(golden_dir() + "/manifest.json"); }
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream in(path);
+  EXPECT_TRUE(in.good()) << path << ": cannot open";
+  nlohmann::json json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  EXPECT_FALSE(json.is_discarded()) << path << ": not valid JSON";
+  return json.is_discarded() ? nlohmann::json() : json;
+}
+
+tensor::Tensor read_npy_checked(const std::string& path) {
+  auto t = io::read_npy(path);
+  EXPECT_TRUE(t.is_ok()) << t.status().message();
+  return t.is_ok() ? *t : tensor::Tensor();
+}
 
 tensor::Tensor random_tensor(const tensor::Shape& shape, uint64_t seed, float lo, float hi) {
   std::mt19937_64 rng(seed);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "tensor/tensor.h"
 
@@ -15,6 +16,12 @@ namespace sdstack::testing {
 std::string golden_dir();
 // True when the golden data is present; tests that need it GTEST_SKIP() otherwise.
 bool have_golden();
+
+// The parsed JSON file at `path` (a failed test assertion, and null, when it cannot be read).
+nlohmann::json read_json(const std::string& path);
+// The .npy file at `path` as an f32 tensor (a failed test assertion, and an undefined tensor, when
+// it cannot be read).
+tensor::Tensor read_npy_checked(const std::string& path);
 
 // A tensor of f32 values uniform in [lo, hi), reproducible from `seed`.
 tensor::Tensor random_tensor(const tensor::Shape& shape, uint64_t seed, float lo = -1.0f, float hi = 1.0f);
