@@ -14,6 +14,7 @@ const std::vector<Command>& commands() {
       {"generate", "Generate images from prompts (output/0.png, ...)", run_generate},
       {"tokenize", "Print the CLIP token ids of a prompt", run_tokenize},
       {"encode", "Compute a prompt's CLIP text embedding and save it as .npy", run_encode},
+      {"make-model", "Make a random-weight model folder (tiny, sd15) for offline runs and benchmarks", run_make_model},
   };
   return table;
 }

@@ -22,6 +22,8 @@ std::string module_prefix(const std::string& name) {
 
 }  // namespace
 
+WeightSource::~WeightSource() = default;
+
 std::string display_path(const std::string& path) {
   std::string trimmed = path;
   while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();

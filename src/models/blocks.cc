@@ -271,7 +271,7 @@ Tensor Transformer2DModel::forward(const Tensor& x, const Tensor& context) const
 
 // ---- helpers ----------------------------------------------------------------------------------
 
-Result<std::unique_ptr<backend::Linear>> load_linear_or_1x1(const io::WeightSet& weights, WeightLoader& load,
+Result<std::unique_ptr<backend::Linear>> load_linear_or_1x1(const io::WeightSource& weights, WeightLoader& load,
                                                             const std::string& prefix, int64_t in, int64_t out,
                                                             bool bias) {
   const std::string name = prefix + ".weight";

@@ -112,7 +112,7 @@ class Transformer2DModel {
 
 // A [out, in] linear weight that older checkpoints store as a 1x1 conv [out, in, 1, 1] (the VAE's
 // attention in SD 1.x-era files): either shape is accepted. `prefix.bias` [out] when `bias`.
-base::Result<std::unique_ptr<backend::Linear>> load_linear_or_1x1(const io::WeightSet& weights, WeightLoader& load,
+base::Result<std::unique_ptr<backend::Linear>> load_linear_or_1x1(const io::WeightSource& weights, WeightLoader& load,
                                                                   const std::string& prefix, int64_t in, int64_t out,
                                                                   bool bias = true);
 

@@ -61,7 +61,7 @@ Result<std::unique_ptr<CLIPTextModel>> CLIPTextModel::load(const io::ModelFolder
 }
 
 Result<std::unique_ptr<CLIPTextModel>> CLIPTextModel::create(const CLIPTextConfig& config,
-                                                             const io::WeightSet& weights, Backend& backend) {
+                                                             const io::WeightSource& weights, Backend& backend) {
   std::unique_ptr<CLIPTextModel> model(new CLIPTextModel(config, backend));
   WeightLoader load(weights, backend);
   const int64_t hidden = config.hidden_size;

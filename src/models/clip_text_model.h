@@ -38,7 +38,7 @@ class CLIPTextModel {
   static base::Result<std::unique_ptr<CLIPTextModel>> load(const io::ModelFolder& folder, Backend& backend,
                                                            const std::string& variant = "");
   static base::Result<std::unique_ptr<CLIPTextModel>> create(const CLIPTextConfig& config,
-                                                             const io::WeightSet& weights, Backend& backend);
+                                                             const io::WeightSource& weights, Backend& backend);
   ~CLIPTextModel();
 
   // ids: B sequences of equal length L <= max_position_embeddings. Returns [B, L, hidden], the

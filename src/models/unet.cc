@@ -214,7 +214,7 @@ Result<std::unique_ptr<UNet2DConditionModel>> UNet2DConditionModel::load(const i
 }
 
 Result<std::unique_ptr<UNet2DConditionModel>> UNet2DConditionModel::create(const UNet2DConditionConfig& config,
-                                                                           const io::WeightSet& weights,
+                                                                           const io::WeightSource& weights,
                                                                            Backend& backend) {
   std::unique_ptr<UNet2DConditionModel> model(new UNet2DConditionModel(config, backend));
   WeightLoader load(weights, backend);

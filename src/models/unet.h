@@ -56,7 +56,7 @@ class UNet2DConditionModel {
   static base::Result<std::unique_ptr<UNet2DConditionModel>> load(const io::ModelFolder& folder, Backend& backend,
                                                                   const std::string& variant = "");
   static base::Result<std::unique_ptr<UNet2DConditionModel>> create(const UNet2DConditionConfig& config,
-                                                                    const io::WeightSet& weights, Backend& backend);
+                                                                    const io::WeightSource& weights, Backend& backend);
   ~UNet2DConditionModel();
 
   // sample: NHWC [B, h, w, in_channels] f32; timestep: one timestep for the whole batch (what the

@@ -89,7 +89,7 @@ namespace {
 // channels, a residual connection:  y = to_out(attention(to_q(n), to_k(n), to_v(n))) + x, n = norm(x).
 class VAEAttention {
  public:
-  static Result<VAEAttention> load(const io::WeightSet& weights, WeightLoader& load, const std::string& prefix,
+  static Result<VAEAttention> load(const io::WeightSource& weights, WeightLoader& load, const std::string& prefix,
                                    int64_t channels, int64_t groups) {
     VAEAttention attention;
     attention.backend_ = &load.backend();
@@ -136,7 +136,7 @@ struct MidBlock {
   std::vector<ResnetBlock2D> resnets;
   std::optional<VAEAttention> attention;  // absent with mid_block_add_attention false
 
-  static Result<MidBlock> load(const io::WeightSet& weights, WeightLoader& load, const std::string& prefix,
+  static Result<MidBlock> load(const io::WeightSource& weights, WeightLoader& load, const std::string& prefix,
                                int64_t channels, const AutoencoderKLConfig& config) {
     MidBlock block;
     for (int j = 0; j < 2; ++j) {
@@ -198,7 +198,7 @@ Result<std::unique_ptr<AutoencoderKL>> AutoencoderKL::load(const io::ModelFolder
 }
 
 Result<std::unique_ptr<AutoencoderKL>> AutoencoderKL::create(const AutoencoderKLConfig& config,
-                                                             const io::WeightSet& weights, Backend& backend) {
+                                                             const io::WeightSource& weights, Backend& backend) {
   std::unique_ptr<AutoencoderKL> model(new AutoencoderKL(config, backend));
   WeightLoader load(weights, backend);
   const std::vector<int64_t>& channels = config.block_out_channels;

@@ -56,7 +56,7 @@ class AutoencoderKL {
   static base::Result<std::unique_ptr<AutoencoderKL>> load(const io::ModelFolder& folder, Backend& backend,
                                                            const std::string& variant = "");
   static base::Result<std::unique_ptr<AutoencoderKL>> create(const AutoencoderKLConfig& config,
-                                                             const io::WeightSet& weights, Backend& backend);
+                                                             const io::WeightSource& weights, Backend& backend);
   ~AutoencoderKL();
 
   // latents: NHWC [B, h, w, latent_channels], already divided by scaling_factor(). Returns the raw

@@ -19,12 +19,12 @@ struct NormWeights {
   Tensor beta;   // [C]
 };
 
-// Looks weights up in one component's WeightSet, checks their shapes and prepares them for one
-// backend. Errors name the tensor (and file) that is missing or misshapen. The backend must
-// outlive the layers it makes.
+// Looks weights up in one component's WeightSource (its files, or random weights), checks their
+// shapes and prepares them for one backend. Errors name the tensor (and file) that is missing or
+// misshapen. The backend must outlive the layers it makes.
 class WeightLoader {
  public:
-  WeightLoader(const io::WeightSet& weights, Backend& backend) : weights_(weights), backend_(backend) {}
+  WeightLoader(const io::WeightSource& weights, Backend& backend) : weights_(weights), backend_(backend) {}
 
   // `prefix.weight` [out, in] and, when `bias`, `prefix.bias` [out].
   base::Result<std::unique_ptr<backend::Linear>> linear(const std::string& prefix, int64_t in, int64_t out,
@@ -36,13 +36,13 @@ class WeightLoader {
   base::Result<NormWeights> norm(const std::string& prefix, int64_t channels);
   // Any tensor, converted to a contiguous f32 copy.
   base::Result<Tensor> f32(const std::string& name, const Shape& shape);
-  // Any tensor as stored (a view into the mapped file).
+  // Any tensor as stored (for a WeightSet, a view into the mapped file).
   base::Result<Tensor> raw(const std::string& name, const Shape& shape);
 
   Backend& backend() { return backend_; }
 
  private:
-  const io::WeightSet& weights_;
+  const io::WeightSource& weights_;
   Backend& backend_;
 };
 
