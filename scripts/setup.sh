@@ -14,6 +14,7 @@ packages=(
   libcli11-dev         # command-line parsing
   libutf8proc-dev      # Unicode classes and NFC for the CLIP tokenizer
   libpng-dev           # PNG images
+  libcurl4-openssl-dev # HTTP(S) for the Hugging Face Hub client (sdstack pull)
   libgtest-dev libgmock-dev  # tests
 )
 

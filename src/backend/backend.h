@@ -4,7 +4,8 @@
 //  - Activations are NHWC ([N, H, W, C], channels fastest); sequences are [B, L, C].
 //  - Ops write into a caller-provided, preallocated, contiguous output tensor `y`, so that a model
 //    can plan and reuse its buffers. Unless an op says otherwise, `y` may not alias an input.
-//  - Inputs are contiguous; activations are f32 (the compute dtype; bf16 comes with issue 7).
+//  - Inputs are contiguous; activations are f32 in memory. With compute_dtype bf16 (CPU backend),
+//    convolutions, linears and matmuls round their inputs to bf16 and accumulate in f32.
 //  - Weights come in their checkpoint layout and dtype (torch's OIHW conv weights, [out, in]
 //    linear weights, f16/bf16/f32) and are prepared once by make_conv2d/make_linear.
 //  - A backend object is used by one thread at a time; it parallelises inside each op.
@@ -140,10 +141,15 @@ class Backend {
 
 struct BackendOptions {
   int threads = 0;  // 0: all cores
+  // What convolutions, linears, matmuls and attention's two matmuls compute in: kF32, or kBF16 as
+  // torch.autocast(bfloat16) does (bf16 inputs and weights, f32 accumulation and outputs; norms,
+  // softmax and elementwise ops in f32). Activations in memory stay f32 either way.
+  DType compute_dtype = DType::kF32;
 };
 
 // "cpu" (oneDNN and own kernels) or "reference" (plain loops: the oracle, slow).
-// An unknown name is an error listing the valid ones.
+// Errors: an unknown name (listing the valid ones); bf16 on the reference backend, which computes
+// in f32 only; bf16 on a CPU without AVX512-BF16 or AMX; any other compute dtype.
 base::Result<std::unique_ptr<Backend>> make_backend(const std::string& name, const BackendOptions& options = {});
 
 // Sets the size of the one thread pool (OpenMP, shared with oneDNN). 0 means all cores.

@@ -25,6 +25,7 @@ int main(int argc, char** argv);
 int run_tokenize(int argc, char** argv);
 int run_encode(int argc, char** argv);
 int run_generate(int argc, char** argv);
+int run_pull(int argc, char** argv);
 int run_make_model(int argc, char** argv);
 
 }  // namespace sdstack::cli

@@ -43,7 +43,7 @@ int run_encode(int argc, char** argv) {
   CLI::App app("Compute the CLIP text embedding of prompts ([prompts, 77, hidden], the text encoder's\n"
                "last hidden state after its final layer norm) and save it as a float32 .npy file.",
                argv[0]);
-  std::string model, out_path, backend_name = "cpu", variant;
+  std::string model, out_path, backend_name = "cpu", variant, dtype = "f32";
   std::vector<std::string> prompts;
   int clip_skip = 0, threads = 0;
   app.add_option("-m,--model", model, "Model folder (diffusers layout)")->required();
@@ -52,6 +52,9 @@ int run_encode(int argc, char** argv) {
   app.add_option("--clip-skip", clip_skip, "Skip the last N text encoder layers (as diffusers' clip_skip)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--threads", threads, "Threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--dtype", dtype, "Compute type of linears and attention (bf16: AVX512-BF16 or AMX)")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
   app.add_option("--backend", backend_name, "Compute backend")->check(CLI::IsMember({"cpu", "reference"}));
   app.add_option("--variant", variant, "Weight variant to prefer (fp16)")->check(CLI::IsMember({"", "fp16"}));
   if (int status = parse_arguments(app, argc, argv); status >= 0) return status;
@@ -62,7 +65,8 @@ int run_encode(int argc, char** argv) {
   if (!dir.is_ok()) return report(dir.status());
   auto tokenizer = text::CLIPTokenizer::load(*dir);
   if (!tokenizer.is_ok()) return report(tokenizer.status());
-  auto backend = backend::make_backend(backend_name, {.threads = threads});
+  const tensor::DType compute_dtype = dtype == "bf16" ? tensor::DType::kBF16 : tensor::DType::kF32;
+  auto backend = backend::make_backend(backend_name, {.threads = threads, .compute_dtype = compute_dtype});
   if (!backend.is_ok()) return report(backend.status());
   auto encoder = models::CLIPTextModel::load(*folder, **backend, variant);
   if (!encoder.is_ok()) return report(encoder.status());

@@ -16,6 +16,7 @@
 #include "base/strings.h"
 #include "cli/commands.h"
 #include "cli/common.h"
+#include "hub/pull.h"
 #include "io/npy.h"
 #include "io/png.h"
 #include "pipeline/stable_diffusion.h"
@@ -23,13 +24,21 @@
 namespace sdstack::cli {
 namespace {
 
-// A model given as a folder, or as a Hub id found under ./models/ (where the seed's workflow puts it).
+// A model given as a folder, as a Hub id found under ./models/ (where the seed's workflow puts it),
+// or as a Hub id in the Hugging Face cache (what `sdstack pull` and diffusers download): refs/main
+// -> snapshots/COMMIT, read offline.
 base::Result<std::string> resolve_model(const std::string& model) {
   if (base::is_directory(model)) return model;
   std::string under_models = base::join_path("models", model);
   if (base::is_directory(under_models)) return under_models;
-  return base::not_found("no model folder '" + model + "' (looked in ./" + model + " and ./" + under_models +
-                         "); pass a diffusers model folder with --model DIR");
+  if (model.find('/') == std::string::npos || !hub::validate_repo_id(model).is_ok()) {
+    return base::not_found("no model folder '" + model + "' (looked in ./" + model + " and ./" + under_models +
+                           "); pass a diffusers model folder with --model DIR");
+  }
+  auto cached = hub::find_cached_pipeline(hub::HubSettings::from_environment().cache_dir, model);
+  if (cached.is_ok()) return cached;
+  return base::not_found("no model '" + model + "' (no folder ./" + model + " or ./" + under_models + "): " +
+                         cached.status().message() + ", or pass a diffusers model folder with --model DIR");
 }
 
 base::Status make_directories(const std::string& dir) {
@@ -115,7 +124,8 @@ int run_generate(int argc, char** argv) {
   app.add_option("-P,--prompt", request.prompts, "Prompt (repeatable: one image each)")->required();
   app.add_option("-N,--negative-prompt", request.negative_prompts,
                  "Negative prompt (repeatable: one for all prompts, or one per prompt)");
-  app.add_option("-m,--model", model, "Model folder, or a Hub id found under ./models/")->capture_default_str();
+  app.add_option("-m,--model", model, "Model folder, or a Hub id (from the Hugging Face cache: see 'sdstack pull')")
+      ->capture_default_str();
   app.add_option("-o,--output", output, "Folder for the images")->capture_default_str();
   app.add_option("-s,--steps", request.steps, "Denoising steps")->capture_default_str()->check(CLI::Range(1, 1000));
   app.add_option("-g,--guidance-scale", request.guidance_scale, "Classifier-free guidance scale (<= 1: none)")
@@ -136,7 +146,9 @@ int run_generate(int argc, char** argv) {
   app.add_option("--latents", latents_path, "Initial latents from a .npy file [batch, 4, h/8, w/8] instead of noise");
   app.add_option("--save-latents", save_latents, "Save the final latents (before the VAE) as .npy");
   app.add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
-  app.add_option("--dtype", dtype, "Compute type")->check(CLI::IsMember({"f32"}))->capture_default_str();
+  app.add_option("--dtype", dtype, "Compute type of convolutions, linears, attention (bf16: AVX512-BF16 or AMX)")
+      ->check(CLI::IsMember({"f32", "bf16"}))
+      ->capture_default_str();
   app.add_option("--backend", backend_name, "Compute backend")->check(CLI::IsMember({"cpu", "reference"}));
   app.add_option("--variant", variant, "Weight variant to prefer (fp16)")->check(CLI::IsMember({"", "fp16"}));
   if (int status = parse_arguments(app, argc, argv); status >= 0) return status;
@@ -149,7 +161,8 @@ int run_generate(int argc, char** argv) {
     if (!latents.is_ok()) return report(latents.status());
     request.latents = *latents;
   }
-  auto backend = backend::make_backend(backend_name, {.threads = threads});
+  const tensor::DType compute_dtype = dtype == "bf16" ? tensor::DType::kBF16 : tensor::DType::kF32;
+  auto backend = backend::make_backend(backend_name, {.threads = threads, .compute_dtype = compute_dtype});
   if (!backend.is_ok()) return report(backend.status());
   auto pipeline = pipeline::StableDiffusionPipeline::load(*model_dir, **backend, variant);
   if (!pipeline.is_ok()) return report(pipeline.status());

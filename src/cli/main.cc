@@ -11,6 +11,7 @@ namespace sdstack::cli {
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
+      {"pull", "Download a diffusers model from the Hugging Face Hub into the shared cache", run_pull},
       {"generate", "Generate images from prompts (output/0.png, ...)", run_generate},
       {"tokenize", "Print the CLIP token ids of a prompt", run_tokenize},
       {"encode", "Compute a prompt's CLIP text embedding and save it as .npy", run_encode},

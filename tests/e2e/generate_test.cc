@@ -92,6 +92,30 @@ TEST_F(GenerateTest, SameSeedSameImageAndSavedLatentsReproduceTheRun) {
   EXPECT_NE(a->rgb, c->rgb);
 }
 
+TEST_F(GenerateTest, Bf16ComputeRunsOrSaysWhyNot) {
+  testing::CommandResult result = run_sdstack({"generate", "--model", model(), "-P", "cats", "--steps", "2", "--seed",
+                                               "3", "--dtype", "bf16", "-o", dir_.file("bf16")});
+  if (result.exit_code != 0) {
+    // A CPU without AVX512-BF16/AMX: one clear error saying what to use instead.
+    EXPECT_NE(result.err.find("--dtype f32"), std::string::npos) << result.err;
+    GTEST_SKIP() << "this CPU has no native bf16";
+  }
+  ASSERT_EQ(run_sdstack({"generate", "--model", model(), "-P", "cats", "--steps", "2", "--seed", "3", "-o",
+                         dir_.file("f32")})
+                .exit_code,
+            0);
+  auto bf16 = io::read_png(dir_.file("bf16/0.png")), f32 = io::read_png(dir_.file("f32/0.png"));
+  ASSERT_TRUE(bf16.is_ok() && f32.is_ok());
+  EXPECT_NE(bf16->rgb, f32->rgb);  // bf16 really ran
+  double total = 0;
+  for (size_t i = 0; i < bf16->rgb.size(); ++i) total += std::abs(bf16->rgb[i] - f32->rgb[i]);
+  EXPECT_LE(total / static_cast<double>(bf16->rgb.size()), 8.0);  // the pipeline bf16 test's bound, in levels
+  testing::CommandResult reference = run_sdstack({"generate", "--model", model(), "-P", "cats", "--backend",
+                                                  "reference", "--dtype", "bf16", "-o", dir_.file("ref")});
+  EXPECT_EQ(reference.exit_code, 1);
+  EXPECT_NE(reference.err.find("f32 only"), std::string::npos) << reference.err;
+}
+
 TEST_F(GenerateTest, EmptyPromptWorksAsInDiffusers) {
   testing::CommandResult result =
       run_sdstack({"generate", "--model", model(), "-P", "", "--steps", "1", "-o", dir_.file("out")});

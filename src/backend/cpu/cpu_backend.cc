@@ -1,7 +1,9 @@
-// The CPU backend object: makes oneDNN-backed layers and dispatches each op to its kernel.
+// The CPU backend object: makes oneDNN-backed layers and dispatches each op to its kernel; checks
+// that the CPU computes bf16 natively before it agrees to.
 #include "backend/cpu/cpu_backend.h"
 
 #include <cassert>
+#include <string>
 #include <vector>
 
 #include "backend/cpu/cpu_internal.h"
@@ -11,7 +13,9 @@ namespace {
 
 class CpuBackend final : public Backend {
  public:
-  CpuBackend() : onednn_(std::make_shared<cpu::OneDnn>()), matmuls_(onednn_) {}
+  explicit CpuBackend(DType compute_dtype) : onednn_(std::make_shared<cpu::OneDnn>()), matmuls_(onednn_) {
+    onednn_->compute_dtype = compute_dtype;
+  }
 
   std::string name() const override { return "cpu"; }
 
@@ -57,8 +61,43 @@ class CpuBackend final : public Backend {
   std::vector<float> attention_scores_;  // one query tile's scores, reused across calls
 };
 
+// The instruction set oneDNN dispatches to, in words. oneDNN's ISA values are bit sets, each
+// including the ones below it.
+std::string isa_name(dnnl::cpu_isa isa) {
+  const auto has = [isa](dnnl::cpu_isa level) {
+    return (static_cast<unsigned>(isa) & static_cast<unsigned>(level)) == static_cast<unsigned>(level);
+  };
+  if (has(dnnl::cpu_isa::avx512_core_vnni)) return "AVX-512 with VNNI";
+  if (has(dnnl::cpu_isa::avx512_core)) return "AVX-512";
+  if (has(dnnl::cpu_isa::avx2_vnni)) return "AVX2 with VNNI";
+  if (has(dnnl::cpu_isa::avx2)) return "AVX2";
+  if (has(dnnl::cpu_isa::avx)) return "AVX";
+  return "no AVX";
+}
+
+// Whether oneDNN runs bf16 natively: AVX512-BF16 (vdpbf16ps) or AMX; without them it would
+// emulate bf16, slower than f32. Asks oneDNN rather than cpuid so that ONEDNN_MAX_CPU_ISA counts.
+base::Status check_native_bf16() {
+  const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+  const unsigned bf16 = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_bf16);
+  if ((static_cast<unsigned>(isa) & bf16) == bf16) return base::Status::ok();
+  std::string found = isa_name(isa);
+  if (__builtin_cpu_supports("avx512bf16")) found = "AVX512-BF16, but ONEDNN_MAX_CPU_ISA limits oneDNN to " + found;
+  return base::invalid_argument("--dtype bf16 needs a CPU with AVX512-BF16 or AMX (this one has " + found +
+                                "); use --dtype f32");
+}
+
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+base::Result<std::unique_ptr<Backend>> make_cpu_backend(DType compute_dtype) {
+  if (compute_dtype != DType::kF32 && compute_dtype != DType::kBF16) {
+    return base::invalid_argument(std::string("the cpu backend computes in f32 or bf16, not ") +
+                                  tensor::dtype_name(compute_dtype));
+  }
+  if (compute_dtype == DType::kBF16) {
+    if (base::Status status = check_native_bf16(); !status.is_ok()) return status;
+  }
+  return std::unique_ptr<Backend>(std::make_unique<CpuBackend>(compute_dtype));
+}
 
 }  // namespace sdstack::backend

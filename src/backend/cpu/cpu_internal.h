@@ -1,5 +1,5 @@
-// What the CPU backend's files share: the oneDNN engine and stream, the matmul primitive cache,
-// and the own kernels that cpu_backend.cc dispatches to.
+// What the CPU backend's files share: the oneDNN engine and stream, the compute dtype and its bf16
+// scratch, the matmul primitive cache, and the own kernels that cpu_backend.cc dispatches to.
 #pragma once
 
 #include <cstdint>
@@ -12,21 +12,47 @@
 
 namespace sdstack::backend::cpu {
 
+// bf16 buffers that grow to the largest request and are then reused: the bf16 copies of f32
+// activations that convolutions, linears, matmuls and attention read in bf16 compute. Shared by
+// every layer of a backend rather than owned per layer, since ops run one at a time and per-layer
+// copies would add up to the sum of all layers' inputs (hundreds of MB for the VAE at 512 px).
+class Bf16Scratch {
+ public:
+  // What each op uses a slot for; an op may use several slots at once, never one twice.
+  enum class Slot { kSrc, kOperand, kValues, kProbabilities };
+  // At least `count` elements, 64-byte aligned; valid until the next get() of the same slot.
+  uint16_t* get(Slot slot, int64_t count);
+
+ private:
+  Tensor buffers_[4];  // one per Slot
+};
+
 // One engine and one in-order stream, shared by the backend and the layers it makes (which may
 // outlive the backend object). oneDNN runs its primitives on the OpenMP pool we use too.
 struct OneDnn {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
+  // What convolutions, linears, matmuls and attention read their operands in: f32, or bf16 (with
+  // f32 accumulation and f32 outputs). Activations in memory stay f32 either way.
+  DType compute_dtype = DType::kF32;
+  Bf16Scratch scratch;
 };
 
-// oneDNN descriptors for plain f32 memory with explicit strides (in elements).
-dnnl::memory::desc f32_desc(const dnnl::memory::dims& dims, const dnnl::memory::dims& strides);
-dnnl::memory::desc f32_desc(const dnnl::memory::dims& dims, dnnl::memory::format_tag tag);
+// oneDNN's data type for ours.
+dnnl::memory::data_type dnnl_type(DType dtype);
+// oneDNN descriptors for plain memory of `dtype` with explicit strides (in elements) or a tag.
+dnnl::memory::desc plain_desc(DType dtype, const dnnl::memory::dims& dims, const dnnl::memory::dims& strides);
+dnnl::memory::desc plain_desc(DType dtype, const dnnl::memory::dims& dims, dnnl::memory::format_tag tag);
+
+// y = x rounded to bf16 (nearest even, as tensor::f32_to_bf16), for `count` floats, in parallel.
+void convert_to_bf16(const float* x, uint16_t* y, int64_t count);
+// `x` as the compute dtype's operand: x itself for f32 compute, else a bf16 copy in `slot`.
+const void* compute_operand(OneDnn& onednn, const Tensor& x, Bf16Scratch::Slot slot);
 
 // Appends `activation` as a oneDNN eltwise post-op (nothing for kNone).
 void append_activation(dnnl::post_ops& ops, Activation activation);
 
-// Weights as `source` (a plain f32 memory) reordered once into each layout a primitive asks for.
+// Weights as `source` (a plain f32 or bf16 memory) reordered once into each layout a primitive asks for.
 // After the first reorder the plain copy is dropped: later layouts are reordered from the first.
 class PreparedWeights {
  public:
@@ -40,13 +66,14 @@ class PreparedWeights {
   std::vector<dnnl::memory> prepared_;  // one per distinct layout asked for
 };
 
-// Strided batched matmuls dst = alpha * src @ weights on plain (possibly non-dense) f32 memory,
-// with the primitive created once per distinct (descriptors, alpha) and reused.
+// Strided batched matmuls dst = alpha * src @ weights on plain (possibly non-dense) memory whose
+// dtypes the descriptors say, with the primitive created once per distinct (descriptors, alpha).
 class MatmulCache {
  public:
   explicit MatmulCache(std::shared_ptr<OneDnn> onednn) : onednn_(std::move(onednn)) {}
-  void run(const dnnl::memory::desc& src, const float* src_data, const dnnl::memory::desc& weights,
-           const float* weights_data, const dnnl::memory::desc& dst, float* dst_data, float alpha);
+  void run(const dnnl::memory::desc& src, const void* src_data, const dnnl::memory::desc& weights,
+           const void* weights_data, const dnnl::memory::desc& dst, void* dst_data, float alpha);
+  OneDnn& onednn() { return *onednn_; }
 
  private:
   struct Entry {
@@ -58,6 +85,7 @@ class MatmulCache {
   std::vector<Entry> entries_;  // few distinct shapes per model: a linear search is enough
 };
 
+// Layers computing in onednn->compute_dtype.
 std::unique_ptr<Conv2d> make_onednn_conv2d(std::shared_ptr<OneDnn> onednn, const Tensor& weight, const Tensor& bias,
                                            const Conv2dParams& params);
 std::unique_ptr<Linear> make_onednn_linear(std::shared_ptr<OneDnn> onednn, const Tensor& weight, const Tensor& bias);

@@ -1,19 +1,59 @@
-// oneDNN plumbing shared by the CPU backend: plain f32 descriptors, activation post-ops, weights
-// reordered once per layout, and the cache of strided matmul primitives.
+// oneDNN plumbing shared by the CPU backend: plain descriptors, bf16 operands and their scratch,
+// activation post-ops, weights reordered once per layout, and the cache of strided matmul primitives.
 #include <cassert>
 
 #include "backend/cpu/cpu_internal.h"
+#include "backend/cpu/vec_math.h"
 
 namespace sdstack::backend::cpu {
+namespace {
+
+// Floats per parallel iteration of the conversion: memory-bound, so big chunks.
+constexpr int64_t kConvertChunk = 16384;
+
+}  // namespace
 
 using dnnl::memory;
 
-memory::desc f32_desc(const memory::dims& dims, const memory::dims& strides) {
-  return memory::desc(dims, memory::data_type::f32, strides);
+memory::data_type dnnl_type(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return memory::data_type::f32;
+    case DType::kF16: return memory::data_type::f16;
+    case DType::kBF16: return memory::data_type::bf16;
+  }
+  return memory::data_type::undef;
 }
 
-memory::desc f32_desc(const memory::dims& dims, memory::format_tag tag) {
-  return memory::desc(dims, memory::data_type::f32, tag);
+memory::desc plain_desc(DType dtype, const memory::dims& dims, const memory::dims& strides) {
+  return memory::desc(dims, dnnl_type(dtype), strides);
+}
+
+memory::desc plain_desc(DType dtype, const memory::dims& dims, memory::format_tag tag) {
+  return memory::desc(dims, dnnl_type(dtype), tag);
+}
+
+uint16_t* Bf16Scratch::get(Slot slot, int64_t count) {
+  Tensor& buffer = buffers_[static_cast<int>(slot)];
+  if (!buffer.defined() || buffer.numel() < count) buffer = Tensor::empty({count}, DType::kBF16);
+  return buffer.data<uint16_t>();
+}
+
+void convert_to_bf16(const float* x, uint16_t* y, int64_t count) {
+  const int64_t chunks = (count + kConvertChunk - 1) / kConvertChunk;
+#pragma omp parallel for schedule(static) if (chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = c * kConvertChunk;
+    const int64_t n = begin + kConvertChunk < count ? kConvertChunk : count - begin;
+    to_bf16_row(x + begin, y + begin, n);
+  }
+}
+
+const void* compute_operand(OneDnn& onednn, const Tensor& x, Bf16Scratch::Slot slot) {
+  assert(x.dtype() == DType::kF32 && x.is_contiguous());
+  if (onednn.compute_dtype == DType::kF32) return x.raw_data();
+  uint16_t* copy = onednn.scratch.get(slot, x.numel());
+  convert_to_bf16(x.data<float>(), copy, x.numel());
+  return copy;
 }
 
 void append_activation(dnnl::post_ops& ops, Activation activation) {
@@ -50,8 +90,8 @@ const memory& PreparedWeights::get(const memory::desc& desc) {
   return prepared_.back();
 }
 
-void MatmulCache::run(const memory::desc& src, const float* src_data, const memory::desc& weights,
-                      const float* weights_data, const memory::desc& dst, float* dst_data, float alpha) {
+void MatmulCache::run(const memory::desc& src, const void* src_data, const memory::desc& weights,
+                      const void* weights_data, const memory::desc& dst, void* dst_data, float alpha) {
   const Entry* entry = nullptr;
   for (const Entry& e : entries_) {
     if (e.alpha == alpha && e.src == src && e.weights == weights && e.dst == dst) {
@@ -67,8 +107,8 @@ void MatmulCache::run(const memory::desc& src, const float* src_data, const memo
     entry = &entries_.back();
   }
   // oneDNN's memory objects want non-const pointers; these inputs are only read.
-  memory src_mem(src, onednn_->engine, const_cast<float*>(src_data));
-  memory weights_mem(weights, onednn_->engine, const_cast<float*>(weights_data));
+  memory src_mem(src, onednn_->engine, const_cast<void*>(src_data));
+  memory weights_mem(weights, onednn_->engine, const_cast<void*>(weights_data));
   memory dst_mem(dst, onednn_->engine, dst_data);
   entry->primitive.execute(onednn_->stream,
                            {{DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, weights_mem}, {DNNL_ARG_DST, dst_mem}});

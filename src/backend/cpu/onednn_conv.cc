@@ -1,5 +1,7 @@
 // Conv2d on oneDNN: NHWC activations, weights reordered once into the primitive's preferred layout,
 // bias, extra bias, residual and activation fused; one primitive cached per input shape and fusion.
+// In bf16 compute the weights are bf16 and each input is rounded to a bf16 copy; bias, residual
+// and output stay f32 (oneDNN accumulates in f32).
 #include <cassert>
 #include <cstring>
 #include <vector>
@@ -21,6 +23,7 @@ class OneDnnConv2d final : public Conv2d {
         in_channels_(weight.dim(1)),
         kernel_size_(weight.dim(2)),
         weights_(onednn, plain_weights(*onednn, weight)),
+        compute_(onednn->compute_dtype),
         bias_(static_cast<size_t>(out_channels_), 0.0f) {
     assert(weight.rank() == 4 && weight.dim(2) == weight.dim(3));
     if (bias.defined()) {
@@ -54,7 +57,8 @@ class OneDnnConv2d final : public Conv2d {
       parallel_copy(extras.residual.data<float>(), y.data<float>(), y.numel());
     }
 
-    memory src(entry.primitive_desc.src_desc(), onednn_->engine, const_cast<void*>(x.raw_data()));
+    const void* x_data = compute_operand(*onednn_, x, Bf16Scratch::Slot::kSrc);
+    memory src(entry.primitive_desc.src_desc(), onednn_->engine, const_cast<void*>(x_data));
     memory dst(entry.primitive_desc.dst_desc(), onednn_->engine, y.raw_data());
     memory bias_mem(entry.primitive_desc.bias_desc(), onednn_->engine, const_cast<float*>(bias));
     entry.primitive.execute(onednn_->stream, {{DNNL_ARG_SRC, src},
@@ -81,11 +85,13 @@ class OneDnnConv2d final : public Conv2d {
     memory weights;  // a handle to the layout in weights_
   };
 
-  // The checkpoint's OIHW weights as f32 in a oneDNN-owned buffer (the source of the reorders).
+  // The checkpoint's OIHW weights in the compute dtype (bf16 rounded to nearest even here, so
+  // exactly as tensor::f32_to_bf16 rounds) in a oneDNN-owned buffer, the source of the reorders.
   static memory plain_weights(const OneDnn& onednn, const Tensor& weight) {
-    const Tensor w32 = weight.to(DType::kF32);
-    memory m(f32_desc({weight.dim(0), weight.dim(1), weight.dim(2), weight.dim(3)}, tag::oihw), onednn.engine);
-    std::memcpy(m.get_data_handle(), w32.raw_data(), w32.nbytes());
+    const Tensor converted = weight.to(onednn.compute_dtype);
+    memory m(plain_desc(onednn.compute_dtype, {weight.dim(0), weight.dim(1), weight.dim(2), weight.dim(3)}, tag::oihw),
+             onednn.engine);
+    std::memcpy(m.get_data_handle(), converted.raw_data(), converted.nbytes());
     return m;
   }
 
@@ -101,10 +107,10 @@ class OneDnnConv2d final : public Conv2d {
     const int64_t k = kernel_size_, s = params_.stride;
     const int64_t ho = params_.out_height(h, k), wo = params_.out_width(w, k);
     // oneDNN's logical dims are always N, C, H, W; the nhwc tag says the bytes are NHWC.
-    const memory::desc src = f32_desc({n, in_channels_, h, w}, tag::nhwc);
-    const memory::desc weights = f32_desc({out_channels_, in_channels_, k, k}, tag::any);
-    const memory::desc bias = f32_desc({out_channels_}, tag::x);
-    const memory::desc dst = f32_desc({n, out_channels_, ho, wo}, tag::nhwc);
+    const memory::desc src = plain_desc(compute_, {n, in_channels_, h, w}, tag::nhwc);
+    const memory::desc weights = plain_desc(compute_, {out_channels_, in_channels_, k, k}, tag::any);
+    const memory::desc bias = plain_desc(DType::kF32, {out_channels_}, tag::x);
+    const memory::desc dst = plain_desc(DType::kF32, {n, out_channels_, ho, wo}, tag::nhwc);
     // Direct, not auto: auto may pick Winograd for 3x3, which is less accurate.
     dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
                                          src, weights, bias, dst, {s, s}, {params_.pad_top(), params_.pad_left()},
@@ -125,6 +131,7 @@ class OneDnnConv2d final : public Conv2d {
   Conv2dParams params_;
   int64_t out_channels_, in_channels_, kernel_size_;
   PreparedWeights weights_;
+  DType compute_;                    // the dtype of src and weights: f32 or bf16
   std::vector<float> bias_;          // [Cout] f32, zeros when the layer has no bias
   std::vector<float> bias_scratch_;  // [Cout] bias + extra_bias
   std::vector<Entry> entries_;

@@ -1,5 +1,7 @@
 // Linear layers and batched matmuls on oneDNN's matmul: weights reordered once into the
 // primitive's preferred layout, bias, activation and residual fused, primitives cached per shape.
+// In bf16 compute the operands are bf16 (weights converted once, activations per call) and
+// bias, residual and output f32.
 #include <cassert>
 #include <cstring>
 #include <unordered_map>
@@ -23,7 +25,8 @@ class OneDnnLinear final : public Linear {
       : onednn_(onednn),
         out_features_(weight.dim(0)),
         in_features_(weight.dim(1)),
-        weights_(onednn, plain_weights(*onednn, weight)) {
+        weights_(onednn, plain_weights(*onednn, weight)),
+        compute_(onednn->compute_dtype) {
     assert(weight.rank() == 2);
     if (bias.defined()) {
       assert(bias.numel() == out_features_);
@@ -44,7 +47,8 @@ class OneDnnLinear final : public Linear {
     }
     const Entry& entry = find_or_create(m, extras.activation, mode);
 
-    memory src(entry.primitive_desc.src_desc(), onednn_->engine, const_cast<void*>(x.raw_data()));
+    const void* x_data = compute_operand(*onednn_, x, Bf16Scratch::Slot::kSrc);
+    memory src(entry.primitive_desc.src_desc(), onednn_->engine, const_cast<void*>(x_data));
     memory dst(entry.primitive_desc.dst_desc(), onednn_->engine, y.raw_data());
     std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, entry.weights}, {DNNL_ARG_DST, dst}};
     if (!bias_.empty()) {
@@ -72,11 +76,12 @@ class OneDnnLinear final : public Linear {
     memory weights;  // a handle to the layout in weights_
   };
 
-  // torch's [N, K] weights are the [K, N] matrix oneDNN wants in the transposed ("ba") layout.
+  // torch's [N, K] weights are the [K, N] matrix oneDNN wants in the transposed ("ba") layout;
+  // in the compute dtype (bf16 rounded to nearest even here, as tensor::f32_to_bf16 rounds).
   static memory plain_weights(const OneDnn& onednn, const Tensor& weight) {
-    const Tensor w32 = weight.to(DType::kF32);
-    memory m(f32_desc({weight.dim(1), weight.dim(0)}, tag::ba), onednn.engine);
-    std::memcpy(m.get_data_handle(), w32.raw_data(), w32.nbytes());
+    const Tensor converted = weight.to(onednn.compute_dtype);
+    memory m(plain_desc(onednn.compute_dtype, {weight.dim(1), weight.dim(0)}, tag::ba), onednn.engine);
+    std::memcpy(m.get_data_handle(), converted.raw_data(), converted.nbytes());
     return m;
   }
 
@@ -84,12 +89,12 @@ class OneDnnLinear final : public Linear {
     for (const Entry& e : entries_) {
       if (e.m == m && e.activation == activation && e.residual == residual) return e;
     }
-    const memory::desc src = f32_desc({m, in_features_}, tag::ab);
-    const memory::desc weights = f32_desc({in_features_, out_features_}, tag::any);
-    const memory::desc dst = f32_desc({m, out_features_}, tag::ab);
-    dnnl::matmul::desc desc = bias_.empty()
-                                  ? dnnl::matmul::desc(src, weights, dst)
-                                  : dnnl::matmul::desc(src, weights, f32_desc({1, out_features_}, tag::ab), dst);
+    const memory::desc src = plain_desc(compute_, {m, in_features_}, tag::ab);
+    const memory::desc weights = plain_desc(compute_, {in_features_, out_features_}, tag::any);
+    const memory::desc dst = plain_desc(DType::kF32, {m, out_features_}, tag::ab);
+    const memory::desc bias = plain_desc(DType::kF32, {1, out_features_}, tag::ab);
+    dnnl::matmul::desc desc =
+        bias_.empty() ? dnnl::matmul::desc(src, weights, dst) : dnnl::matmul::desc(src, weights, bias, dst);
     dnnl::post_ops ops;
     append_activation(ops, activation);  // act(x W^T + b) first, then the residual
     if (residual == ResidualMode::kSum) ops.append_sum(1.0f);
@@ -105,6 +110,7 @@ class OneDnnLinear final : public Linear {
   std::shared_ptr<OneDnn> onednn_;
   int64_t out_features_, in_features_;
   PreparedWeights weights_;
+  DType compute_;            // the dtype of src and weights: f32 or bf16
   std::vector<float> bias_;  // [N] f32, empty when the layer has no bias
   std::vector<Entry> entries_;
 };
@@ -118,15 +124,20 @@ std::unique_ptr<Linear> make_onednn_linear(std::shared_ptr<OneDnn> onednn, const
 // a: [B, M, K]; b: [B, K, N], or [B, N, K] read through transposed strides; y: [B, M, N].
 void batched_matmul(MatmulCache& cache, const Tensor& a, const Tensor& b, Tensor& y, bool transpose_b, float alpha) {
   assert(a.is_contiguous() && b.is_contiguous() && y.is_contiguous());
-  assert(a.dtype() == DType::kF32 && b.dtype() == DType::kF32 && a.rank() == 3 && b.rank() == 3);
+  assert(a.rank() == 3 && b.rank() == 3);
   const int64_t batch = a.dim(0), m = a.dim(1), k = a.dim(2);
   const int64_t n = transpose_b ? b.dim(1) : b.dim(2);
   assert(b.dim(0) == batch && (transpose_b ? b.dim(2) : b.dim(1)) == k);
   assert(y.dim(0) == batch && y.dim(1) == m && y.dim(2) == n);
-  const memory::desc a_desc = f32_desc({batch, m, k}, {m * k, k, 1});
-  const memory::desc b_desc = transpose_b ? f32_desc({batch, k, n}, {n * k, 1, k}) : f32_desc({batch, k, n}, {k * n, n, 1});
-  const memory::desc y_desc = f32_desc({batch, m, n}, {m * n, n, 1});
-  cache.run(a_desc, a.data<float>(), b_desc, b.data<float>(), y_desc, y.data<float>(), alpha);
+  // In bf16 compute a and b are rounded to bf16 copies in the same layouts; y stays f32.
+  const DType compute = cache.onednn().compute_dtype;
+  const void* a_data = compute_operand(cache.onednn(), a, Bf16Scratch::Slot::kSrc);
+  const void* b_data = compute_operand(cache.onednn(), b, Bf16Scratch::Slot::kOperand);
+  const memory::desc a_desc = plain_desc(compute, {batch, m, k}, {m * k, k, 1});
+  const memory::desc b_desc = transpose_b ? plain_desc(compute, {batch, k, n}, {n * k, 1, k})
+                                          : plain_desc(compute, {batch, k, n}, {k * n, n, 1});
+  const memory::desc y_desc = plain_desc(DType::kF32, {batch, m, n}, {m * n, n, 1});
+  cache.run(a_desc, a_data, b_desc, b_data, y_desc, y.data<float>(), alpha);
 }
 
 }  // namespace sdstack::backend::cpu

@@ -1,5 +1,5 @@
-// exp, erf and the activations as branch-free float code that GCC auto-vectorises in plain loops
-// (glibc's expf/erff are calls it cannot vectorise without -ffast-math, which we do not use).
+// exp, erf, the activations and the bf16 rounding as branch-free float code that GCC auto-vectorises
+// in plain loops (glibc's expf/erff are calls it cannot vectorise without -ffast-math, which we do not use).
 #pragma once
 
 #include <cstdint>
@@ -45,6 +45,17 @@ inline float erf_approx(float x) {
 inline float silu(float x) { return x / (1.0f + exp_approx(-x)); }
 inline float gelu(float x) { return 0.5f * x * (1.0f + erf_approx(x * 0.70710678118654752f)); }
 inline float quick_gelu(float x) { return x / (1.0f + exp_approx(-1.702f * x)); }
+
+// y = x rounded to bf16, nearest even, NaN kept quiet: tensor::f32_to_bf16 without its branch, so
+// that the loop vectorises (vpcmpud/vpblendmw rather than a call per element).
+inline void to_bf16_row(const float* x, uint16_t* y, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) {
+    const uint32_t bits = __builtin_bit_cast(uint32_t, x[i]);
+    const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+    const uint32_t quiet_nan = (bits >> 16) | 0x40u;
+    y[i] = static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+  }
+}
 
 // Softmax of one row of `cols` floats, max-subtracted so large logits do not overflow; y may alias x.
 inline void softmax_row(const float* x, float* y, int64_t cols) {

@@ -1,0 +1,483 @@
+// The CPU backend's bf16 compute (--dtype bf16) against the f32 reference backend: convolutions,
+// linears, batched matmuls and attention at SD 1.x's shapes with their fused extras, and the errors
+// where bf16 cannot run. Skipped, with a message, on CPUs without AVX512-BF16 or AMX.
+//
+// Every op is checked twice (max_rel_diff = max |a-b| / (|b|+1)):
+//  1. Against the reference on the same inputs rounded to bf16 by the test (tensor::f32_to_bf16,
+//     nearest even): kRoundedTolerance = 1e-5. A product of two bf16 values is exact in f32, so all
+//     that is left is the f32 accumulation order (the oracle sums in double): ~sqrt(K) f32 ulps of
+//     O(1) outputs, 1e-6 or less (observed <= 5e-7). This is the tight check: the backend rounds each
+//     operand exactly once, to nearest even, and does everything else (bias, residual, activation,
+//     softmax) in f32; rounding the wrong operand, or truncating, shows as ~1e-3. For attention the
+//     test's oracle also rounds the softmax probabilities to bf16 before P v, as the backend does. A
+//     probability within 1e-5 (relative) of a bf16 rounding boundary may round the other way in the
+//     backend's f32 softmax than in the oracle's double one; the oracle allows each output that
+//     probability's one-ulp step times |v| as slack, and holds the rest to the same 1e-5.
+//  2. Against the reference on the f32 inputs: the rounding itself. bf16 keeps 8 significant bits,
+//     so rounding has relative error |d| <= u = 2^-9 = 1.95e-3, spread about uniformly (rms
+//     u/sqrt(3)). In y = sum_k x_k w_k over K terms each term gets (d_x + d_w), independent across
+//     k, so dy has rms sqrt(2/3) u sqrt(sum_k (x_k w_k)^2): it grows as sqrt(K) for fixed-size terms
+//     (the worst case 2u sum_k |x_k w_k| grows as K and is never approached). With weights scaled by
+//     1/sqrt(K), as torch initialises them and these tests do, and x uniform in [-1, 1),
+//     sqrt(sum (x w)^2) = 1/3 at any K: rms dy = 0.82 * 1.95e-3 / 3 = 5.3e-4, and the max over the
+//     1e4..1e6 outputs of a case ~4.5 rms = 2.4e-3. kBf16Tolerance = 5e-3 is ~9 rms (times |alpha|
+//     for a matmul's scaled output); a wrong tap, a lost bias or an f16/bf16 mix-up is O(0.1..1).
+//     Attention (kBf16AttentionTolerance = 1e-2) averages less: v's rounding (<= u |v|), the
+//     probabilities' (<= u sum p |v|) and the scores' noise (rms 0.82 u * 4/3 = 2e-3 for q, k in
+//     [-2, 2), moving p by p (ds - <ds>)) add up undiluted where a query sees few keys (causal rows).
+// And the loose difference must exceed kF32Noise = 1e-4: proof that bf16 really ran (f32 is ~1e-6).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "backend/backend.h"
+#include "cpu_test_util.h"
+#include "testing/testing.h"
+
+namespace sdstack::backend {
+namespace {
+
+using backend::testing::reference_backend;
+using sdstack::testing::max_rel_diff;
+using sdstack::testing::random_tensor;
+
+constexpr float kRoundedTolerance = 1e-5f;
+constexpr float kBf16Tolerance = 5e-3f;
+constexpr float kBf16AttentionTolerance = 1e-2f;
+constexpr float kF32Noise = 1e-4f;
+
+// The bf16 CPU backend, made once; null (and a skip message) where the CPU has no native bf16.
+Backend* bf16_backend() {
+  static std::unique_ptr<Backend> backend = [] {
+    auto made = make_backend("cpu", {.compute_dtype = DType::kBF16});
+    return made.is_ok() ? std::move(made).value() : nullptr;
+  }();
+  return backend.get();
+}
+
+// Skips the test where the CPU has no native bf16; fails it where it has but the backend refused.
+#define SKIP_WITHOUT_BF16()                                                                        \
+  if (bf16_backend() == nullptr) {                                                                 \
+    ASSERT_FALSE(__builtin_cpu_supports("avx512bf16")) << "AVX512-BF16 here, yet no bf16 backend"; \
+    GTEST_SKIP() << "this CPU has neither AVX512-BF16 nor AMX: no bf16 compute to test";           \
+  }
+
+// t rounded to bf16 and back (undefined stays undefined): what the backend computes with.
+Tensor rounded(const Tensor& t) { return t.defined() ? t.to(DType::kBF16).to(DType::kF32) : Tensor(); }
+
+// max over elements of (|y - oracle| - slack) / (|oracle| + 1); slack is per element, or undefined (0).
+float max_rel_diff_beyond(const Tensor& y, const Tensor& oracle, const Tensor& slack) {
+  const std::vector<float> a = y.to_vector(), b = oracle.to_vector();
+  const std::vector<float> allowed = slack.defined() ? slack.to_vector() : std::vector<float>(a.size(), 0.0f);
+  float worst = 0.0f;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const float excess = std::fabs(a[i] - b[i]) - allowed[i];
+    if (std::isnan(excess)) return INFINITY;
+    worst = std::max(worst, excess / (std::fabs(b[i]) + 1.0f));
+  }
+  return worst;
+}
+
+// The worst differences seen by one test, printed at its end for the record.
+struct Worst {
+  const char* name;
+  float rounded = 0.0f, loose = 0.0f;
+  // Checks one output: y (bf16 backend) against y_rounded (the oracle on bf16-rounded inputs, with
+  // an optional per-element slack) and y_f32 (the oracle on f32 inputs, within bf16_tolerance).
+  void check(const Tensor& y, const Tensor& y_rounded, const Tensor& y_f32, float bf16_tolerance = kBf16Tolerance,
+             const Tensor& slack = Tensor()) {
+    const float tight = max_rel_diff_beyond(y, y_rounded, slack), bf16 = max_rel_diff(y, y_f32);
+    EXPECT_LE(tight, kRoundedTolerance) << "against the oracle on bf16-rounded inputs";
+    EXPECT_LE(bf16, bf16_tolerance) << "against the oracle on f32 inputs";
+    EXPECT_GT(bf16, kF32Noise) << "no bf16 rounding visible: did this run in f32?";
+    rounded = std::max(rounded, tight);
+    loose = std::max(loose, bf16);
+  }
+  ~Worst() { std::printf("[ %s ] worst max_rel_diff: vs rounded inputs %.3g, vs f32 %.3g\n", name, rounded, loose); }
+};
+
+struct ConvCase {
+  int64_t n, h, w, cin, cout, k, stride, padding;
+  int64_t extra_bottom = 0, extra_right = 0;  // on top of `padding`, as the VAE encoder's downsample
+};
+
+struct ConvFusion {
+  bool bias = true;
+  bool extra_bias = false;
+  bool residual = false;
+  bool residual_aliases_y = false;
+  float residual_scale = 1.0f;
+  Activation activation = Activation::kNone;
+};
+
+// Runs `conv` (made by `backend` from weight and bias) on x with the fusion's extras; y: [N, Ho, Wo, Cout].
+Tensor run_conv(Backend& backend, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
+                const Tensor& x, const ConvFusion& f, const Tensor& extra_bias, const Tensor& residual) {
+  Tensor y = Tensor::empty(residual.shape());
+  Conv2dExtras extras;
+  if (f.extra_bias) extras.extra_bias = extra_bias;
+  extras.residual_scale = f.residual_scale;
+  extras.activation = f.activation;
+  if (f.residual && f.residual_aliases_y) {
+    y.copy_from(residual);
+    extras.residual = y;
+  } else if (f.residual) {
+    extras.residual = residual;
+  }
+  backend.make_conv2d(weight, bias, params)->run(x, y, extras);
+  return y;
+}
+
+void check_conv(const ConvCase& c, const ConvFusion& f, uint64_t seed, Worst& worst) {
+  const float bound = 1.0f / std::sqrt(static_cast<float>(c.cin * c.k * c.k));  // torch's default init scale
+  const Tensor weight = random_tensor({c.cout, c.cin, c.k, c.k}, seed, -bound, bound);
+  const Tensor bias = f.bias ? random_tensor({c.cout}, seed + 1) : Tensor();
+  const Tensor x = random_tensor({c.n, c.h, c.w, c.cin}, seed + 2);
+  Conv2dParams params{c.stride, c.padding};
+  params.extra_bottom = c.extra_bottom;
+  params.extra_right = c.extra_right;
+  const Tensor extra_bias = random_tensor({c.cout}, seed + 3);
+  const Tensor residual =
+      random_tensor({c.n, params.out_height(c.h, c.k), params.out_width(c.w, c.k), c.cout}, seed + 4);
+  const Tensor y = run_conv(*bf16_backend(), weight, bias, params, x, f, extra_bias, residual);
+  const Tensor y_rounded =
+      run_conv(reference_backend(), rounded(weight), bias, params, rounded(x), f, extra_bias, residual);
+  const Tensor y_f32 = run_conv(reference_backend(), weight, bias, params, x, f, extra_bias, residual);
+  worst.check(y, y_rounded, y_f32);
+}
+
+TEST(CpuBf16Conv2d, ShapesOfSd) {
+  SKIP_WITHOUT_BF16();
+  const ConvCase cases[] = {
+      {2, 16, 16, 4, 320, 3, 1, 1},        // UNet conv_in (Cin = 4)
+      {2, 16, 16, 320, 4, 3, 1, 1},        // UNet conv_out (Cout = 4)
+      {2, 16, 16, 320, 320, 3, 1, 1},      // resnet conv, 3x3 s1 p1
+      {1, 8, 8, 640, 640, 3, 1, 1},        // deeper resnet conv (K = 5760)
+      {2, 16, 16, 320, 320, 3, 2, 1},      // UNet downsample, 3x3 s2 p1
+      {2, 16, 16, 320, 640, 1, 1, 0},      // resnet shortcut, 1x1
+      {1, 12, 12, 32, 20, 3, 1, 1},        // channel counts that are no multiple of 16
+      {1, 12, 12, 3, 32, 3, 1, 1},         // VAE conv_in, Cin = 3
+      {2, 16, 16, 32, 32, 3, 2, 0, 1, 1},  // VAE encoder downsample: pad right and bottom, s2
+  };
+  Worst worst{"conv shapes"};
+  uint64_t seed = 3000;
+  for (const ConvCase& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "n" << c.n << " " << c.h << "x" << c.w << " " << c.cin << "->" << c.cout
+                                      << " k" << c.k << " s" << c.stride << " p" << c.padding);
+    check_conv(c, {}, seed, worst);
+    seed += 10;
+  }
+}
+
+TEST(CpuBf16Conv2d, FusedExtras) {
+  SKIP_WITHOUT_BF16();
+  const ConvCase c{2, 12, 12, 64, 64, 3, 1, 1};
+  ConvFusion fusions[6];
+  fusions[0].bias = false;
+  fusions[1].extra_bias = true;  // the time embedding
+  fusions[2].residual = true;
+  fusions[3].residual = true;
+  fusions[3].residual_aliases_y = true;
+  fusions[3].residual_scale = 0.5f;  // diffusers' 1 / output_scale_factor
+  fusions[4].extra_bias = true;
+  fusions[4].residual = true;
+  fusions[4].residual_aliases_y = true;
+  fusions[4].residual_scale = 0.7f;
+  fusions[4].activation = Activation::kSiLU;
+  fusions[5].bias = false;
+  fusions[5].activation = Activation::kGELU;
+  Worst worst{"conv fusions"};
+  uint64_t seed = 3100;
+  for (int i = 0; i < 6; ++i) {
+    SCOPED_TRACE(::testing::Message() << "fusion " << i);
+    check_conv(c, fusions[i], seed, worst);
+    seed += 10;
+  }
+}
+
+// One bf16 Conv2d object, several input shapes and fusions: each gets its own cached primitive
+// over the one set of bf16 weights, and the shared bf16 scratch grows and shrinks between them.
+TEST(CpuBf16Conv2d, CachedPrimitivesAcrossShapes) {
+  SKIP_WITHOUT_BF16();
+  const Tensor weight = random_tensor({64, 32, 3, 3}, 3200, -0.06f, 0.06f);
+  const Tensor bias = random_tensor({64}, 3201);
+  std::unique_ptr<Conv2d> conv = bf16_backend()->make_conv2d(weight, bias, {1, 1});
+  std::unique_ptr<Conv2d> exact = reference_backend().make_conv2d(rounded(weight), bias, {1, 1});
+  std::unique_ptr<Conv2d> f32 = reference_backend().make_conv2d(weight, bias, {1, 1});
+  const Shape shapes[] = {{2, 16, 16, 32}, {1, 8, 12, 32}, {2, 16, 16, 32}, {1, 8, 12, 32}};
+  Worst worst{"conv cached"};
+  uint64_t seed = 3210;
+  for (const Shape& shape : shapes) {
+    SCOPED_TRACE(Tensor::empty(shape).shape_string());
+    const Tensor x = random_tensor(shape, seed++);
+    Tensor y = Tensor::empty({shape[0], shape[1], shape[2], 64});
+    Tensor y_rounded = Tensor::empty(y.shape()), y_f32 = Tensor::empty(y.shape());
+    Conv2dExtras extras;
+    extras.activation = seed % 2 ? Activation::kSiLU : Activation::kNone;
+    conv->run(x, y, extras);
+    exact->run(rounded(x), y_rounded, extras);
+    f32->run(x, y_f32, extras);
+    worst.check(y, y_rounded, y_f32);
+  }
+}
+
+// f16 checkpoint weights (SD's fp16 variant) become bf16 by way of f32; bf16 ones are taken as they are.
+TEST(CpuBf16Conv2d, HalfPrecisionWeights) {
+  SKIP_WITHOUT_BF16();
+  Worst worst{"conv f16/bf16 weights"};
+  for (DType dtype : {DType::kF16, DType::kBF16}) {
+    SCOPED_TRACE(tensor::dtype_name(dtype));
+    const Tensor weight = random_tensor({32, 64, 3, 3}, 3300, -0.04f, 0.04f).to(dtype);
+    const Tensor bias = random_tensor({32}, 3301).to(dtype);
+    const Tensor x = random_tensor({1, 8, 8, 64}, 3302);
+    Tensor y = Tensor::empty({1, 8, 8, 32}), y_rounded = Tensor::empty(y.shape()), y_f32 = Tensor::empty(y.shape());
+    bf16_backend()->make_conv2d(weight, bias, {1, 1})->run(x, y);
+    reference_backend().make_conv2d(rounded(weight.to(DType::kF32)), bias, {1, 1})->run(rounded(x), y_rounded);
+    reference_backend().make_conv2d(weight, bias, {1, 1})->run(x, y_f32);
+    worst.check(y, y_rounded, y_f32);
+  }
+}
+
+struct LinearCase {
+  Shape x_shape;  // [..., in]
+  int64_t out;
+  bool bias;
+  Activation activation;
+  bool residual, residual_aliases_y;
+};
+
+// Runs `linear` on x (twice: the second run reuses the cached primitive) with the case's extras.
+Tensor run_linear(Linear& linear, const Tensor& x, const LinearCase& c, const Tensor& residual) {
+  Tensor y = Tensor::empty(residual.shape());
+  LinearExtras extras;
+  extras.activation = c.activation;
+  if (c.residual) extras.residual = c.residual_aliases_y ? y : residual;
+  for (int repeat = 0; repeat < 2; ++repeat) {
+    if (c.residual_aliases_y) y.copy_from(residual);
+    linear.run(x, y, extras);
+  }
+  return y;
+}
+
+TEST(CpuBf16Linear, ShapesAndFusions) {
+  SKIP_WITHOUT_BF16();
+  const LinearCase cases[] = {
+      {{2, 256, 320}, 320, false, Activation::kNone, false, false},      // to_q (no bias)
+      {{2, 77, 768}, 320, false, Activation::kNone, false, false},       // to_k from the text embedding
+      {{2, 256, 320}, 2560, true, Activation::kNone, false, false},      // GEGLU proj (2 x 1280)
+      {{2, 256, 1280}, 320, true, Activation::kNone, true, true},        // ff out + residual (aliasing y)
+      {{2, 256, 320}, 320, true, Activation::kNone, true, false},        // to_out + residual (not aliasing)
+      {{2, 1280}, 1280, true, Activation::kSiLU, false, false},          // time embedding MLP
+      {{1, 77, 768}, 3072, true, Activation::kQuickGELU, false, false},  // CLIP MLP fc1
+      {{3, 50, 64}, 96, true, Activation::kGELU, true, false},           // activation then residual
+      {{5, 7}, 3, true, Activation::kNone, false, false},                // tiny, odd sizes
+  };
+  Worst worst{"linear"};
+  uint64_t seed = 3400;
+  for (const LinearCase& c : cases) {
+    const int64_t in = c.x_shape.back();
+    SCOPED_TRACE(::testing::Message() << "in " << in << " out " << c.out << " rows " << c.x_shape[0]);
+    const float bound = 1.0f / std::sqrt(static_cast<float>(in));
+    const Tensor weight = random_tensor({c.out, in}, seed++, -bound, bound);
+    const Tensor bias = c.bias ? random_tensor({c.out}, seed++) : Tensor();
+    const Tensor x = random_tensor(c.x_shape, seed++);
+    Shape y_shape = c.x_shape;
+    y_shape.back() = c.out;
+    const Tensor residual = random_tensor(y_shape, seed++);
+    const Tensor y = run_linear(*bf16_backend()->make_linear(weight, bias), x, c, residual);
+    const Tensor y_rounded =
+        run_linear(*reference_backend().make_linear(rounded(weight), bias), rounded(x), c, residual);
+    const Tensor y_f32 = run_linear(*reference_backend().make_linear(weight, bias), x, c, residual);
+    worst.check(y, y_rounded, y_f32);
+  }
+}
+
+// One bf16 Linear, several row counts (the text encoder's 77 tokens, the UNet's image tokens).
+TEST(CpuBf16Linear, CachedPrimitivesAcrossShapes) {
+  SKIP_WITHOUT_BF16();
+  const Tensor weight = random_tensor({640, 320}, 3500, -0.056f, 0.056f);
+  const Tensor bias = random_tensor({640}, 3501);
+  std::unique_ptr<Linear> linear = bf16_backend()->make_linear(weight, bias);
+  std::unique_ptr<Linear> exact = reference_backend().make_linear(rounded(weight), bias);
+  std::unique_ptr<Linear> f32 = reference_backend().make_linear(weight, bias);
+  Worst worst{"linear cached"};
+  uint64_t seed = 3510;
+  for (int64_t rows : {256, 77, 256, 1}) {
+    const Tensor x = random_tensor({2, rows, 320}, seed++);
+    Tensor y = Tensor::empty({2, rows, 640}), y_rounded = Tensor::empty(y.shape()), y_f32 = Tensor::empty(y.shape());
+    linear->run(x, y, {Activation::kGELU, Tensor()});
+    exact->run(rounded(x), y_rounded, {Activation::kGELU, Tensor()});
+    f32->run(x, y_f32, {Activation::kGELU, Tensor()});
+    worst.check(y, y_rounded, y_f32);
+  }
+}
+
+TEST(CpuBf16Matmul, TransposeAndAlpha) {
+  SKIP_WITHOUT_BF16();
+  struct Case {
+    int64_t b, m, k, n;
+    bool transpose_b;
+    float alpha;
+  };
+  const Case cases[] = {
+      {2, 64, 40, 77, false, 1.0f},  {16, 64, 40, 77, true, 0.158f},  // 1/sqrt(40)
+      {3, 33, 17, 5, true, 1.0f},    {1, 128, 320, 64, false, -2.5f},
+  };
+  Worst worst{"matmul"};
+  uint64_t seed = 3600;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << c.b << "x" << c.m << "x" << c.k << "x" << c.n << " t" << c.transpose_b);
+    // b scaled by 1/sqrt(K) so that outputs are O(1) at any K (see the tolerances above).
+    const float bound = 1.0f / std::sqrt(static_cast<float>(c.k));
+    const Tensor a = random_tensor({c.b, c.m, c.k}, seed++);
+    const Tensor b = c.transpose_b ? random_tensor({c.b, c.n, c.k}, seed++, -bound, bound)
+                                   : random_tensor({c.b, c.k, c.n}, seed++, -bound, bound);
+    Tensor y = Tensor::empty({c.b, c.m, c.n}), y_rounded = Tensor::empty(y.shape()), y_f32 = Tensor::empty(y.shape());
+    bf16_backend()->matmul(a, b, y, c.transpose_b, c.alpha);
+    bf16_backend()->matmul(a, b, y, c.transpose_b, c.alpha);  // cached primitive
+    reference_backend().matmul(rounded(a), rounded(b), y_rounded, c.transpose_b, c.alpha);
+    reference_backend().matmul(a, b, y_f32, c.transpose_b, c.alpha);
+    worst.check(y, y_rounded, y_f32, kBf16Tolerance * std::max(1.0f, std::fabs(c.alpha)));
+  }
+}
+
+// Attention as the bf16 backend computes it, in double: q, k, v as given (already rounded by the
+// caller), scores and softmax in double, the probabilities rounded to bf16, then P v. Also returns,
+// per output, the slack for probabilities so near a bf16 rounding boundary that the backend's f32
+// softmax may round them the other way: their one-ulp step times |v|.
+struct AttentionOracle {
+  Tensor y, slack;
+};
+
+AttentionOracle attention_with_bf16_probabilities(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads,
+                                                  bool causal) {
+  const int64_t batch = q.dim(0), lq = q.dim(1), channels = q.dim(2), lk = k.dim(1), d = channels / heads;
+  const auto to_bf16 = [](double x) { return tensor::bf16_to_f32(tensor::f32_to_bf16(static_cast<float>(x))); };
+  constexpr double kNear = 1e-5;  // the f32 softmax's relative error is ~1e-6
+  const float* pq = q.data<float>();
+  const float* pk = k.data<float>();
+  const float* pv = v.data<float>();
+  AttentionOracle out{Tensor::zeros(q.shape()), Tensor::zeros(q.shape())};
+  std::vector<double> p(static_cast<size_t>(lk)), step(static_cast<size_t>(lk));
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t i = 0; i < lq; ++i) {
+        const int64_t valid = causal ? std::min(i + 1, lk) : lk;
+        const float* qi = pq + (b * lq + i) * channels + h * d;
+        double max_score = -INFINITY, sum = 0.0;
+        for (int64_t j = 0; j < valid; ++j) {
+          const float* kj = pk + (b * lk + j) * channels + h * d;
+          double dot = 0.0;
+          for (int64_t c = 0; c < d; ++c) dot += static_cast<double>(qi[c]) * kj[c];
+          p[j] = dot / std::sqrt(static_cast<double>(d));
+          max_score = std::max(max_score, p[j]);
+        }
+        for (int64_t j = 0; j < valid; ++j) sum += (p[j] = std::exp(p[j] - max_score));
+        for (int64_t j = 0; j < valid; ++j) {
+          const double exact = p[j] / sum;
+          p[j] = to_bf16(exact);
+          step[j] = to_bf16(exact * (1 + kNear)) - to_bf16(exact * (1 - kNear));  // 0 unless near a boundary
+        }
+        const int64_t at = (b * lq + i) * channels + h * d;
+        for (int64_t c = 0; c < d; ++c) {
+          double value = 0.0, slack = 0.0;
+          for (int64_t j = 0; j < valid; ++j) {
+            const double vj = pv[(b * lk + j) * channels + h * d + c];
+            value += p[j] * vj;
+            slack += step[j] * std::fabs(vj);
+          }
+          out.y.data<float>()[at + c] = static_cast<float>(value);
+          out.slack.data<float>()[at + c] = static_cast<float>(slack);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+TEST(CpuBf16Attention, SelfCrossAndCausal) {
+  SKIP_WITHOUT_BF16();
+  struct Case {
+    int64_t batch, lq, lk, heads, head_dim;
+    bool causal;
+  };
+  const Case cases[] = {
+      {2, 256, 256, 8, 40, false},  // UNet self-attention (4096 tokens at 512 px, scaled down)
+      {2, 256, 77, 8, 40, false},   // UNet cross-attention to the 77 text tokens
+      {2, 64, 64, 8, 80, false},    // deeper level, D = 80
+      {1, 77, 77, 12, 64, true},    // CLIP text encoder, causal
+      {2, 33, 20, 8, 4, true},      // D = 4, Lq != Lk, causal
+      {1, 40, 40, 1, 512, false},   // VAE mid-block attention: one head of 512
+      {1, 3000, 256, 2, 8, true},   // enough queries for several score tiles
+  };
+  Worst worst{"attention"};
+  uint64_t seed = 3700;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "B" << c.batch << " Lq" << c.lq << " Lk" << c.lk << " H" << c.heads << " D"
+                                      << c.head_dim << (c.causal ? " causal" : ""));
+    const int64_t channels = c.heads * c.head_dim;
+    const Tensor q = random_tensor({c.batch, c.lq, channels}, seed++, -2.0f, 2.0f);
+    const Tensor k = random_tensor({c.batch, c.lk, channels}, seed++, -2.0f, 2.0f);
+    const Tensor v = random_tensor({c.batch, c.lk, channels}, seed++);
+    Tensor y = Tensor::empty(q.shape()), y_f32 = Tensor::empty(q.shape());
+    bf16_backend()->attention(q, k, v, c.heads, c.causal, y);
+    const AttentionOracle oracle =
+        attention_with_bf16_probabilities(rounded(q), rounded(k), rounded(v), c.heads, c.causal);
+    reference_backend().attention(q, k, v, c.heads, c.causal, y_f32);
+    worst.check(y, oracle.y, y_f32, kBf16AttentionTolerance, oracle.slack);
+  }
+}
+
+// Norms, softmax and elementwise ops stay f32: the bf16 backend gives the f32 backend's bits.
+TEST(CpuBf16Backend, OtherOpsStayF32) {
+  SKIP_WITHOUT_BF16();
+  Backend& f32 = backend::testing::cpu_backend();
+  const Tensor x = random_tensor({2, 8, 8, 64}, 3800, -2.0f, 3.0f);
+  const Tensor gamma = random_tensor({64}, 3801, 0.5f, 1.5f), beta = random_tensor({64}, 3802);
+  Tensor a = Tensor::empty(x.shape()), b = Tensor::empty(x.shape());
+  bf16_backend()->group_norm(x, gamma, beta, 32, 1e-5f, Activation::kSiLU, a);
+  f32.group_norm(x, gamma, beta, 32, 1e-5f, Activation::kSiLU, b);
+  EXPECT_EQ(max_rel_diff(a, b), 0.0f) << "group norm";
+  bf16_backend()->layer_norm(x, gamma, beta, 1e-5f, a);
+  f32.layer_norm(x, gamma, beta, 1e-5f, b);
+  EXPECT_EQ(max_rel_diff(a, b), 0.0f) << "layer norm";
+  bf16_backend()->softmax(x, a);
+  f32.softmax(x, b);
+  EXPECT_EQ(max_rel_diff(a, b), 0.0f) << "softmax";
+  bf16_backend()->activation(x, Activation::kGELU, a);
+  f32.activation(x, Activation::kGELU, b);
+  EXPECT_EQ(max_rel_diff(a, b), 0.0f) << "gelu";
+}
+
+TEST(CpuBf16Backend, ReferenceBackendRefusesBf16) {
+  auto backend = make_backend("reference", {.compute_dtype = DType::kBF16});
+  ASSERT_FALSE(backend.is_ok());
+  EXPECT_EQ(backend.status().message(),
+            "the reference backend computes in f32 only, not bf16; use --backend cpu or --dtype f32");
+}
+
+TEST(CpuBf16Backend, F16ComputeIsAnError) {
+  auto backend = make_backend("cpu", {.compute_dtype = DType::kF16});
+  ASSERT_FALSE(backend.is_ok());
+  EXPECT_EQ(backend.status().message(), "the cpu backend computes in f32 or bf16, not f16");
+}
+
+// Without native bf16 the cpu backend refuses it. Run in a fresh process (gtest re-executes this
+// binary for the death test) where oneDNN is capped below bf16 before its first use.
+TEST(CpuBf16DeathTest, RefusedWithoutNativeBf16) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI", 1);
+        auto backend = make_backend("cpu", {.compute_dtype = DType::kBF16});
+        std::fprintf(stderr, "%s\n", backend.is_ok() ? "made a bf16 backend" : backend.status().message().c_str());
+        std::exit(backend.is_ok() ? 1 : 0);
+      },
+      ::testing::ExitedWithCode(0),
+      "^--dtype bf16 needs a CPU with AVX512-BF16 or AMX \\(this one has .*\\); use --dtype f32\n$");
+}
+
+}  // namespace
+}  // namespace sdstack::backend
