@@ -201,6 +201,13 @@ std::vector<float> make_alphas_cumprod(int64_t num_train_timesteps, double beta_
   return cumprod(one_minus(betas));
 }
 
+Result<std::vector<float>> read_sigma_alphas_cumprod(ConfigResolver& config) {
+  SD_ASSIGN_OR_RETURN(std::vector<float> alphas_cumprod, read_alphas_cumprod(config, /*has_rescale_option=*/true));
+  SD_ASSIGN_OR_RETURN(bool rescaled, config.boolean("rescale_betas_zero_snr", false));
+  if (rescaled) alphas_cumprod.back() = std::ldexp(1.0f, -24);
+  return alphas_cumprod;
+}
+
 Result<std::vector<float>> read_alphas_cumprod(ConfigResolver& config, bool has_rescale_option) {
   SD_ASSIGN_OR_RETURN(int64_t num_train_timesteps, config.integer("num_train_timesteps", 1000));
   if (num_train_timesteps < 2) return config.error("num_train_timesteps", "must be at least 2");

@@ -65,6 +65,10 @@ class ConfigResolver {
 // `has_rescale_option`, rescale_betas_zero_snr.
 base::Result<std::vector<float>> read_alphas_cumprod(ConfigResolver& config, bool has_rescale_option);
 
+// read_alphas_cumprod for the sigma-based (Euler) schedulers: with rescale_betas_zero_snr the last
+// alpha is nudged to 2^-24 as diffusers does, since zero terminal SNR would give an infinite sigma.
+base::Result<std::vector<float>> read_sigma_alphas_cumprod(ConfigResolver& config);
+
 // The same from explicit values (beta_schedule: linear, scaled_linear or squaredcos_cap_v2).
 std::vector<float> make_alphas_cumprod(int64_t num_train_timesteps, double beta_start, double beta_end,
                                        const std::string& beta_schedule, bool rescale_betas_zero_snr);

@@ -14,13 +14,8 @@ class EulerAncestralDiscreteScheduler : public Scheduler {
  public:
   static base::Result<std::unique_ptr<Scheduler>> create(ConfigResolver& config) {
     auto s = std::make_unique<EulerAncestralDiscreteScheduler>();
-    SD_ASSIGN_OR_RETURN(s->alphas_cumprod_, read_alphas_cumprod(config, /*has_rescale_option=*/true));
+    SD_ASSIGN_OR_RETURN(s->alphas_cumprod_, read_sigma_alphas_cumprod(config));
     s->num_train_timesteps_ = static_cast<int64_t>(s->alphas_cumprod_.size());
-    SD_ASSIGN_OR_RETURN(bool rescaled, config.boolean("rescale_betas_zero_snr", false));
-    if (rescaled) {
-      // Zero terminal SNR would give an infinite sigma; diffusers nudges it to a tiny alpha.
-      s->alphas_cumprod_.back() = std::ldexp(1.0f, -24);
-    }
     SD_ASSIGN_OR_RETURN(s->prediction_, read_prediction(config));
     if (s->prediction_ == Prediction::kSample) {
       return config.error("prediction_type",
