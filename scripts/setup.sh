@@ -15,6 +15,7 @@ packages=(
   libutf8proc-dev      # Unicode classes and NFC for the CLIP tokenizer
   libpng-dev           # PNG images
   libcurl4-openssl-dev # HTTP(S) for the Hugging Face Hub client (sdstack pull)
+  libyaml-cpp-dev      # YAML: workflow files (.sdstack/workflows/*.yaml)
   libgtest-dev libgmock-dev  # tests
 )
 
