@@ -42,34 +42,57 @@ Result<std::string> read_file(const std::string& path) {
   return contents;
 }
 
-Status write_file_atomic(const std::string& path, std::string_view contents) {
+std::string temporary_path(const std::string& path) {
   std::random_device random;
-  std::string temp_path = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(random());
-  int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) return io_error(os_error("cannot create", temp_path));
-  size_t written = 0;
-  while (written < contents.size()) {
-    ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
+  return path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(random());
+}
+
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
+}
+
+Status AtomicFileWriter::open() {
+  std::string temp = temporary_path(path_);
+  fd_ = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd_ < 0) return io_error(os_error("cannot create", path_));
+  temp_path_ = temp;
+  return Status::ok();
+}
+
+Status AtomicFileWriter::write(const void* data, size_t size) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = ::write(fd_, p, size);
     if (n < 0) {
       if (errno == EINTR) continue;
-      Status status = io_error(os_error("cannot write", path));
-      ::close(fd);
-      ::unlink(temp_path.c_str());
-      return status;
+      return io_error(os_error("cannot write", path_));
     }
-    written += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    Status status = io_error(os_error("cannot flush", path));
-    ::unlink(temp_path.c_str());
-    return status;
-  }
-  if (::rename(temp_path.c_str(), path.c_str()) != 0) {
-    Status status = io_error(os_error("cannot rename into place", path));
-    ::unlink(temp_path.c_str());
-    return status;
+    p += n;
+    size -= static_cast<size_t>(n);
   }
   return Status::ok();
+}
+
+Status AtomicFileWriter::commit() {
+  int fd = fd_;
+  fd_ = -1;
+  if (::fsync(fd) != 0) {
+    Status status = io_error(os_error("cannot flush", path_));
+    ::close(fd);
+    return status;
+  }
+  if (::close(fd) != 0) return io_error(os_error("cannot flush", path_));
+  if (::rename(temp_path_.c_str(), path_.c_str()) != 0) return io_error(os_error("cannot rename into place", path_));
+  temp_path_.clear();
+  return Status::ok();
+}
+
+Status write_file_atomic(const std::string& path, std::string_view contents) {
+  AtomicFileWriter file(path);
+  SD_RETURN_IF_ERROR(file.open());
+  SD_RETURN_IF_ERROR(file.write(contents.data(), contents.size()));
+  return file.commit();
 }
 
 Result<std::shared_ptr<MappedFile>> MappedFile::open(const std::string& path) {

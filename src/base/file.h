@@ -14,6 +14,30 @@ namespace sdstack::base {
 // Reads the whole file. The error names the path and the OS reason.
 Result<std::string> read_file(const std::string& path);
 
+// A fresh name beside `path` for a temporary that will be renamed over it ("PATH.tmp.PID.RANDOM").
+std::string temporary_path(const std::string& path);
+
+// Writes a file under a temporary name in the same folder and renames it into place on commit(),
+// so a reader sees the old file or the complete new one; abandoning it (destroying it before
+// commit) removes the temporary. Not thread-safe.
+class AtomicFileWriter {
+ public:
+  explicit AtomicFileWriter(std::string path) : path_(std::move(path)) {}
+  ~AtomicFileWriter();
+  AtomicFileWriter(const AtomicFileWriter&) = delete;
+  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+
+  Status open();
+  Status write(const void* data, size_t size);
+  // Flushes to disk and renames into place.
+  Status commit();
+
+ private:
+  std::string path_;
+  std::string temp_path_;
+  int fd_ = -1;
+};
+
 // Writes `contents` to `path` atomically: a temporary file in the same folder is written,
 // flushed to disk and renamed over `path`, so readers never see a half-written file.
 Status write_file_atomic(const std::string& path, std::string_view contents);

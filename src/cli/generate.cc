@@ -1,9 +1,7 @@
 // `sdstack generate`: prompts to PNG images (output/0.png, 1.png, ...) with a Stable Diffusion model.
-#include <sys/stat.h>
-
-#include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <vector>
@@ -42,15 +40,9 @@ base::Result<std::string> resolve_model(const std::string& model) {
 }
 
 base::Status make_directories(const std::string& dir) {
-  std::string path;
-  for (size_t i = 0; i <= dir.size(); ++i) {
-    if (i == dir.size() || dir[i] == '/') {
-      if (!path.empty() && !base::is_directory(path) && ::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
-        return base::io_error(path + ": cannot create folder: " + std::strerror(errno));
-      }
-    }
-    if (i < dir.size()) path += dir[i];
-  }
+  std::error_code error;
+  std::filesystem::create_directories(dir, error);
+  if (error) return base::io_error(dir + ": cannot create folder: " + error.message());
   return base::Status::ok();
 }
 

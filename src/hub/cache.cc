@@ -11,7 +11,6 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
-#include <random>
 
 #include "base/file.h"
 #include "hub/api.h"
@@ -105,8 +104,7 @@ base::Status RepoCache::link_snapshot(const std::string& commit, const std::stri
   ssize_t length = ::readlink(link.c_str(), existing, sizeof existing);
   if (length > 0 && std::string(existing, static_cast<size_t>(length)) == target) return base::Status::ok();
   SD_RETURN_IF_ERROR(make_directories(parent_dir(link)));
-  std::random_device random;
-  const std::string temp = link + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(random());
+  const std::string temp = base::temporary_path(link);
   if (::symlink(target.c_str(), temp.c_str()) != 0) return base::io_error(os_error(temp, "cannot create symlink"));
   if (::rename(temp.c_str(), link.c_str()) != 0) {
     base::Status status = base::io_error(os_error(link, "cannot put symlink in place"));

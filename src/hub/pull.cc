@@ -10,7 +10,6 @@
 #include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <random>
 
 #include "base/file.h"
 #include "base/log.h"
@@ -52,8 +51,7 @@ base::Status copy_plain(const std::string& from, const std::string& to) {
   if (in < 0) return base::io_error(from + ": cannot open: " + std::strerror(errno));
   struct stat info;
   ::fstat(in, &info);
-  std::random_device random;
-  const std::string temp = to + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(random());
+  const std::string temp = base::temporary_path(to);
   int out = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (out < 0) {
     base::Status status = base::io_error(temp + ": cannot create: " + std::strerror(errno));

@@ -2,13 +2,15 @@
 #include "io/png.h"
 
 #include <png.h>
-#include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
-#include <random>
+#include <string>
+
+#include "base/file.h"
 
 namespace sdstack::io {
 namespace {
@@ -28,15 +30,23 @@ void on_png_warning(png_structp, png_const_charp) {}
 // The functions that call setjmp hold only plain C values, so a longjmp out of libpng skips no
 // destructor and clobbers nothing.
 
-bool write_stream(std::FILE* file, const uint8_t* rgb, png_uint_32 width, png_uint_32 height, png_text* text,
-                  int text_count, PngError* error) {
+// libpng's output callback: append to the std::string behind the io pointer.
+void append_to_string(png_structp png, png_bytep data, png_size_t length) {
+  static_cast<std::string*>(png_get_io_ptr(png))->append(reinterpret_cast<const char*>(data), length);
+}
+
+void ignore_flush(png_structp) {}
+
+// Encodes the image into `out` (kept in memory so that the file is written whole and atomically).
+bool encode(std::string* out, const uint8_t* rgb, png_uint_32 width, png_uint_32 height, png_text* text,
+            int text_count, PngError* error) {
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, error, on_png_error, on_png_warning);
   png_infop info = png_create_info_struct(png);
   if (setjmp(png_jmpbuf(png)) != 0) {
     png_destroy_write_struct(&png, &info);
     return false;
   }
-  png_init_io(png, file);
+  png_set_write_fn(png, out, append_to_string, ignore_flush);
   png_set_IHDR(png, info, width, height, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT,
                PNG_FILTER_TYPE_DEFAULT);
   if (text_count > 0) png_set_text(png, info, text, text_count);
@@ -90,11 +100,6 @@ base::Status write_png(const std::string& path, const Image& image) {
       image.rgb.size() != static_cast<size_t>(image.width * image.height * 3)) {
     return base::invalid_argument(path + ": image has no pixels or a size that does not match its data");
   }
-  std::random_device random;
-  const std::string temp_path = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(random());
-  std::FILE* file = std::fopen(temp_path.c_str(), "wb");
-  if (file == nullptr) return base::io_error(path + ": cannot create: " + std::strerror(errno));
-
   std::vector<png_text> chunks(image.text.size());
   for (size_t i = 0; i < image.text.size(); ++i) {
     chunks[i].compression = PNG_TEXT_COMPRESSION_NONE;
@@ -102,25 +107,13 @@ base::Status write_png(const std::string& path, const Image& image) {
     chunks[i].text = const_cast<char*>(image.text[i].second.c_str());
     chunks[i].text_length = image.text[i].second.size();
   }
+  std::string encoded;
   PngError error;
-  bool written = write_stream(file, image.rgb.data(), static_cast<png_uint_32>(image.width),
-                              static_cast<png_uint_32>(image.height), chunks.data(), static_cast<int>(chunks.size()),
-                              &error);
-  bool flushed = written && std::fflush(file) == 0 && ::fsync(fileno(file)) == 0;
-  bool closed = std::fclose(file) == 0;
-  if (!written) {
-    std::remove(temp_path.c_str());
-    return base::io_error(path + ": cannot write PNG: " + error.message);
+  if (!encode(&encoded, image.rgb.data(), static_cast<png_uint_32>(image.width),
+              static_cast<png_uint_32>(image.height), chunks.data(), static_cast<int>(chunks.size()), &error)) {
+    return base::internal_error(path + ": cannot encode PNG: " + error.message);
   }
-  if (!flushed || !closed) {
-    std::remove(temp_path.c_str());
-    return base::io_error(path + ": cannot write PNG: " + std::strerror(errno));
-  }
-  if (std::rename(temp_path.c_str(), path.c_str()) != 0) {
-    std::remove(temp_path.c_str());
-    return base::io_error(path + ": cannot rename into place: " + std::strerror(errno));
-  }
-  return base::Status::ok();
+  return base::write_file_atomic(path, encoded);
 }
 
 base::Result<Image> read_png(const std::string& path) {

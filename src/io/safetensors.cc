@@ -1,15 +1,10 @@
 // safetensors: header validation over a memory map, tensor views into it, and an atomic writer.
 #include "io/safetensors.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
 #include <limits>
 #include <optional>
-#include <random>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -166,63 +161,6 @@ Result<Entry> parse_entry(const std::string& path, const std::string& name, cons
   }
   return entry;
 }
-
-// Writes a file under a temporary name in the same folder and renames it into place on commit(),
-// so a reader sees the old file or the complete new one; abandoning it removes the temporary.
-class AtomicFileWriter {
- public:
-  explicit AtomicFileWriter(std::string path) : path_(std::move(path)) {}
-  ~AtomicFileWriter() {
-    if (fd_ >= 0) ::close(fd_);
-    if (!temp_path_.empty()) ::unlink(temp_path_.c_str());
-  }
-  AtomicFileWriter(const AtomicFileWriter&) = delete;
-  AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
-
-  Status open() {
-    std::random_device random;
-    std::string temp = path_ + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(random());
-    fd_ = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd_ < 0) return base::io_error(temp + ": cannot create: " + std::strerror(errno));
-    temp_path_ = temp;
-    return Status::ok();
-  }
-
-  Status write(const void* data, size_t size) {
-    const char* p = static_cast<const char*>(data);
-    while (size > 0) {
-      ssize_t n = ::write(fd_, p, size);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return base::io_error(path_ + ": cannot write: " + std::strerror(errno));
-      }
-      p += n;
-      size -= static_cast<size_t>(n);
-    }
-    return Status::ok();
-  }
-
-  Status commit() {
-    int fd = fd_;
-    fd_ = -1;
-    if (::fsync(fd) != 0) {
-      Status status = base::io_error(path_ + ": cannot flush: " + std::strerror(errno));
-      ::close(fd);
-      return status;
-    }
-    if (::close(fd) != 0) return base::io_error(path_ + ": cannot flush: " + std::strerror(errno));
-    if (::rename(temp_path_.c_str(), path_.c_str()) != 0) {
-      return base::io_error(path_ + ": cannot rename into place: " + std::strerror(errno));
-    }
-    temp_path_.clear();
-    return Status::ok();
-  }
-
- private:
-  std::string path_;
-  std::string temp_path_;
-  int fd_ = -1;
-};
 
 }  // namespace
 
@@ -385,7 +323,7 @@ Status write_safetensors(const std::string& path, const std::vector<std::pair<st
   uint8_t length[8];
   for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(static_cast<uint64_t>(header_text.size()) >> (8 * i));
 
-  AtomicFileWriter writer(path);
+  base::AtomicFileWriter writer(path);
   SD_RETURN_IF_ERROR(writer.open());
   SD_RETURN_IF_ERROR(writer.write(length, sizeof length));
   SD_RETURN_IF_ERROR(writer.write(header_text.data(), header_text.size()));
