@@ -16,6 +16,9 @@ packages=(
   libpng-dev           # PNG images
   libcurl4-openssl-dev # HTTP(S) for the Hugging Face Hub client (sdstack pull)
   libyaml-cpp-dev      # YAML: workflow files (.sdstack/workflows/*.yaml)
+  libsqlite3-dev       # run history, names, tags, secrets
+  bubblewrap           # the sandbox around local runs
+  jupyter-notebook     # the code/notebook providers' IDE (when code-server is not installed)
   libgtest-dev libgmock-dev  # tests
 )
 

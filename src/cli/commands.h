@@ -27,5 +27,15 @@ int run_encode(int argc, char** argv);
 int run_generate(int argc, char** argv);
 int run_pull(int argc, char** argv);
 int run_make_model(int argc, char** argv);
+int run_init(int argc, char** argv);
+int run_run(int argc, char** argv);
+int run_supervise(int argc, char** argv);  // hidden: the body of a run's supervisor process
+int run_ps(int argc, char** argv);
+int run_logs(int argc, char** argv);
+int run_stop(int argc, char** argv);
+int run_rm(int argc, char** argv);
+int run_tags(int argc, char** argv);
+int run_artifacts(int argc, char** argv);
+int run_secrets(int argc, char** argv);
 
 }  // namespace sdstack::cli

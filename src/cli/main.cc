@@ -16,6 +16,15 @@ const std::vector<Command>& commands() {
       {"tokenize", "Print the CLIP token ids of a prompt", run_tokenize},
       {"encode", "Compute a prompt's CLIP text embedding and save it as .npy", run_encode},
       {"make-model", "Make a random-weight model folder (tiny, sd15) for offline runs and benchmarks", run_make_model},
+      {"init", "Record this project (its git repository) so that its workflows can run", run_init},
+      {"run", "Run a workflow (.sdstack/workflows/*.yaml) on this machine", run_run},
+      {"ps", "List this project's runs", run_ps},
+      {"logs", "Print a run's output (-f: follow it)", run_logs},
+      {"stop", "Stop runs gracefully (artifacts saved) or abort them (-x)", run_stop},
+      {"rm", "Delete finished runs and their artifacts", run_rm},
+      {"tags", "Name runs' artifacts: tags list|add|delete", run_tags},
+      {"artifacts", "A run's artifacts: artifacts list|download|push", run_artifacts},
+      {"secrets", "Environment variables for runs, kept out of logs: secrets list|add|delete", run_secrets},
   };
   return table;
 }
@@ -46,6 +55,10 @@ int main(int argc, char** argv) {
   if (name == "-V" || name == "--version" || name == "version") {
     std::printf("sdstack %s\n", kVersion);
     return 0;
+  }
+  if (name == "__supervise") {  // not in the table: users never type it
+    std::vector<char*> args(argv + 1, argv + argc);
+    return run_supervise(static_cast<int>(args.size()), args.data());
   }
   std::vector<std::string> names;
   for (const Command& command : commands()) {

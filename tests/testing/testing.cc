@@ -121,6 +121,8 @@ CommandResult run_sdstack(const std::vector<std::string>& args) {
 }
 
 void write_text_file(const std::string& path, const std::string& contents) {
+  std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
   std::ofstream out(path, std::ios::binary);
   out << contents;
 }
