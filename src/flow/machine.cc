@@ -78,6 +78,8 @@ std::string format_bytes(int64_t bytes) {
     std::snprintf(text, sizeof(text), "%.1f GB", bytes / 1e9);
   } else if (bytes >= 1000LL * 1000) {
     std::snprintf(text, sizeof(text), "%.1f MB", bytes / 1e6);
+  } else if (bytes >= 1000) {
+    std::snprintf(text, sizeof(text), "%.1f kB", bytes / 1e3);
   } else {
     std::snprintf(text, sizeof(text), "%lld B", static_cast<long long>(bytes));
   }

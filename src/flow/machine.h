@@ -41,7 +41,7 @@ Resources apply_overrides(Resources resources, const ResourceOverrides& override
 // when it is a case-insensitive substring of the GPU's name ("A100" matches "NVIDIA A100-SXM4-80GB").
 std::vector<std::string> missing_resources(const Resources& wanted, const MachineResources& machine);
 
-// "24.0 GB" (decimal units, as the workflow files usually write them).
+// "24.0 GB", "1.5 MB", "10.0 kB", "512 B" (decimal units, as workflow files usually write them).
 std::string format_bytes(int64_t bytes);
 
 }  // namespace sdstack::flow

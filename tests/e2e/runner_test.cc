@@ -394,6 +394,86 @@ TEST_F(RunnerTest, ResourcesThisMachineLacksAreRefused) {
   EXPECT_EQ(overridden.exit_code, 0) << overridden.err;
 }
 
+TEST_F(RunnerTest, LegacyDstackFileWithSetupWorkingDirPortsAndEnv) {
+  write_text_file(project_.file("app/data.txt"), "in app\n");
+  write_text_file(project_.file(".dstack/workflows.yaml"),
+                  "workflows:\n"
+                  "  - name: legacy\n"
+                  "    working_dir: app\n"
+                  "    setup:\n      - echo setting-up\n"
+                  "    commands:\n"
+                  "      - cat data.txt\n"
+                  "      - echo \"ports $PORT_0 $PORT_1 from=$FROM_CALLER fixed=$FIXED\"\n"
+                  "    ports: 2\n"
+                  "    env:\n      - FIXED=1\n      - FROM_CALLER\n");
+  std::filesystem::remove_all(project_.file(".sdstack"));
+  git({"add", "-A"});
+  git({"commit", "-q", "-m", "legacy"});
+  ASSERT_EQ(sd({"init"}).exit_code, 0);
+  setenv("FROM_CALLER", "caller-value", 1);
+  CommandResult run = sd({"run", "legacy"});
+  unsetenv("FROM_CALLER");
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_TRUE(contains(run.out, "setting-up\nin app\n")) << run.out;
+  EXPECT_TRUE(contains(run.out, "from=caller-value fixed=1")) << run.out;
+  size_t ports = run.out.find("ports ");
+  ASSERT_NE(ports, std::string::npos);
+  int first = 0, second = 0;
+  ASSERT_EQ(std::sscanf(run.out.c_str() + ports, "ports %d %d", &first, &second), 2) << run.out;
+  EXPECT_GT(first, 0);
+  EXPECT_NE(first, second);
+}
+
+TEST_F(RunnerTest, BadWorkflowFilesAndUnknownNamesAreOneClearError) {
+  write_workflows("workflows:\n  - name: sd\n    comands:\n      - ls\n");
+  ASSERT_EQ(sd({"init"}).exit_code, 0);
+  CommandResult bad = sd({"run", "sd"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_EQ(bad.err, "sdstack: error: .sdstack/workflows/test.yaml:3:5: unknown key 'comands' (did you mean "
+                     "'commands'?)\n");
+  write_workflows("workflows:\n  - name: prompt-stable\n    commands:\n      - ls\n");
+  CommandResult unknown = sd({"run", "prompt-stabel"});
+  EXPECT_EQ(unknown.exit_code, 1);
+  EXPECT_TRUE(contains(unknown.err, "no workflow 'prompt-stabel'")) << unknown.err;
+  EXPECT_TRUE(contains(unknown.err, "(did you mean 'prompt-stable'?)")) << unknown.err;
+  CommandResult no_run = sd({"logs", "wet-fox-99"});
+  EXPECT_EQ(no_run.exit_code, 1);
+  EXPECT_TRUE(contains(no_run.err, "no run 'wet-fox-99'")) << no_run.err;
+}
+
+TEST_F(RunnerTest, LogsFollowARunToItsEnd) {
+  write_workflows(
+      "workflows:\n  - name: ticks\n    commands:\n      - for i in 1 2 3 4 5; do echo tick-$i; sleep 0.2; done\n");
+  ASSERT_EQ(sd({"init"}).exit_code, 0);
+  std::string run = detached({"ticks"});
+  CommandResult follow = sd({"logs", "-f", run});
+  EXPECT_EQ(follow.exit_code, 0);
+  EXPECT_TRUE(contains(follow.out, "tick-1\ntick-2\ntick-3\ntick-4\ntick-5\n")) << follow.out;
+  EXPECT_TRUE(contains(follow.err, "sdstack: done")) << follow.err;
+  EXPECT_EQ(status_of(run), "done");
+}
+
+TEST_F(RunnerTest, ProvidersSayWhatTheyNeed) {
+  write_workflows(
+      "workflows:\n"
+      "  - name: container\n    provider: docker\n    image: debian:12\n    commands:\n      - echo hi\n"
+      "  - name: lab\n    provider: lab\n");
+  ASSERT_EQ(sd({"init"}).exit_code, 0);
+  if (!base::find_program("podman").is_ok()) {
+    CommandResult docker = sd({"run", "container"});
+    EXPECT_EQ(docker.exit_code, 1);
+    EXPECT_TRUE(contains(docker.err, "the docker provider runs its image with podman, which is not installed "
+                                     "(apt-get install podman)"))
+        << docker.err;
+  }
+  if (!base::find_program("jupyter-lab").is_ok()) {
+    CommandResult lab = sd({"run", "lab"});
+    EXPECT_EQ(lab.exit_code, 1);
+    EXPECT_TRUE(contains(lab.err, "the lab provider needs JupyterLab")) << lab.err;
+  }
+  EXPECT_EQ(sd({"ps", "-a"}).out.find("container"), std::string::npos);  // nothing was recorded
+}
+
 size_t discard(char*, size_t size, size_t count, void*) { return size * count; }
 
 long http_status(const std::string& url) {
