@@ -145,6 +145,10 @@ std::vector<std::string> sandbox_argv(const JobSpec& spec, const std::string& bw
   }
   args.push_back("--tmpfs");
   args.push_back("/dev/shm");
+  // Read-only ones next (the sdstack program may live under /tmp, which the sandbox replaces).
+  for (const std::string& dir : spec.readonly_dirs) {
+    for (const std::string& arg : {std::string("--ro-bind"), absolute_path(dir), absolute_path(dir)}) args.push_back(arg);
+  }
   // Outer folders first, so that binding one never hides another bound inside it.
   std::vector<std::string> writable = {without_trailing_slash(absolute_path(spec.work_dir))};
   for (const std::string& dir : spec.writable_dirs) writable.push_back(without_trailing_slash(absolute_path(dir)));

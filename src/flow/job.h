@@ -25,6 +25,7 @@ struct JobSpec {
   std::vector<std::string> argv;           // e.g. {"bash", "-e", "-o", "pipefail", "-c", script}
   std::string work_dir;                    // the cwd, an existing directory; writable in the sandbox
   std::vector<std::string> writable_dirs;  // more writable places (the run's HOME); existing directories
+  std::vector<std::string> readonly_dirs;  // bound read-only even where the sandbox hides them (under /tmp)
   std::vector<std::string> env;            // the job's whole environment, "K=V"; argv[0] is found on its PATH
   bool sandbox = true;                     // bubblewrap; false: run directly (still its own process group)
   // The size of the sandbox's /dev/shm. 0: the kernel's tmpfs default, half of the machine's

@@ -428,7 +428,10 @@ Result<JobPlan> submit_run(const Project& project, const std::vector<WorkflowSpe
   env.push_back("SDSTACK_RUN=" + record.name);
   env.push_back("SDSTACK_WORKFLOW=" + workflow.name);
   env.push_back("PYTHONUNBUFFERED=1");  // Python's output reaches the log as it is printed
-  if (sandbox) env.push_back("HOME=" + plan.home_dir);
+  if (sandbox) {
+    env.push_back("HOME=" + plan.home_dir);
+    env.push_back("TMPDIR=/tmp");  // the sandbox's private /tmp: the caller's TMPDIR may be read-only there
+  }
 
   switch (workflow.provider) {
     case Provider::kBash:
@@ -605,7 +608,9 @@ int supervise(const StoreLayout& layout, const std::string& project_dir, const s
   spec.argv = plan->argv;
   spec.work_dir = plan->work_dir;
   spec.writable_dirs = plan->writable_dirs;
-  spec.env = job_environment(*plan, *secrets, self_directory());
+  const std::string self_dir = self_directory();
+  spec.env = job_environment(*plan, *secrets, self_dir);
+  if (!self_dir.empty()) spec.readonly_dirs.push_back(self_dir);  // the job runs this same sdstack
   spec.sandbox = plan->sandbox;
   spec.shm_size_bytes = plan->shm_size_bytes;
   spec.grace_seconds = plan->grace_seconds;
@@ -669,7 +674,7 @@ base::Status reap_lost_runs(const std::string& project_dir, const StoreLayout& l
   for (const RunRecord& run : runs) {
     if (is_finished(run.status)) continue;
     bool lost = run.supervisor_pid > 0 ? !process_alive(run.supervisor_pid)
-                                       : now_ms() - run.submitted_ms > 60 * 1000;  // never launched
+                                       : now_ms() - run.submitted_ms > 10 * 60 * 1000;  // never launched
     if (!lost) continue;
     std::string reason = run.supervisor_pid > 0
                              ? "its supervisor (pid " + std::to_string(run.supervisor_pid) + ") ended without finishing it"

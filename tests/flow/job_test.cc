@@ -52,9 +52,19 @@ bool sleeper_alive(const std::string& marker) {
 }
 
 // True once no `sleep 1000.<marker>` lives (given a moment for SIGKILLed processes to go).
+// Generous waits: on a loaded machine a background `sleep` may exec after the job says "ready",
+// and die a while after its namespace does.
 bool sleeper_gone(const std::string& marker) {
-  for (int attempt = 0; attempt < 50; ++attempt) {
+  for (int attempt = 0; attempt < 250; ++attempt) {
     if (!sleeper_alive(marker)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+bool sleeper_appears(const std::string& marker) {
+  for (int attempt = 0; attempt < 250; ++attempt) {
+    if (sleeper_alive(marker)) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return false;
@@ -218,7 +228,7 @@ TEST_P(JobTest, BackgroundProcessesDieWithTheMainProcess) {
   Finished finished = run(spec_for("sleep 1000." + marker + " & echo started"));
   EXPECT_EQ(texts(finished, LogStream::kOut), (std::vector<std::string>{"started"}));
   EXPECT_EQ(finished.result.exit_code, 0);
-  EXPECT_LT(finished.seconds, 3.0);
+  EXPECT_LT(finished.seconds, 10.0);  // not the sleep's 1000 s (bounds are loose: CI machines are busy)
   EXPECT_TRUE(sleeper_gone(marker));
 }
 
@@ -234,12 +244,12 @@ TEST_P(JobTest, ProcessThatLeftTheGroupDoesNotHoldTheJob) {
   EXPECT_EQ(finished.result.exit_code, 0);
   if (GetParam()) {
     // The pid namespace dies with the job: nothing escapes it.
-    EXPECT_LT(finished.seconds, 1.5);
+    EXPECT_FALSE(has_line(finished, LogStream::kSys, "stopped reading the job's output"));
     EXPECT_TRUE(sleeper_gone(marker));
   } else {
     // Without the sandbox it survives; the job stops reading after the drain limit (2 s).
     EXPECT_GE(finished.seconds, 1.9);
-    EXPECT_LT(finished.seconds, 4.0);
+    EXPECT_LT(finished.seconds, 10.0);
     EXPECT_TRUE(has_line(finished, LogStream::kSys, "stopped reading the job's output"));
     auto pid = base::read_file(base::join_path(work_dir(), "escaped.pid"));
     ASSERT_TRUE(pid.is_ok());
@@ -251,7 +261,7 @@ TEST_P(JobTest, ProcessThatLeftTheGroupDoesNotHoldTheJob) {
 TEST_P(JobTest, GracefulStopLetsTheJobCleanUp) {
   std::string marker = unique_marker();
   JobSpec spec = spec_for("trap 'echo cleaning; exit 3' TERM; sleep 1000." + marker + " & echo ready; wait");
-  spec.grace_seconds = 10;
+  spec.grace_seconds = 60;
   Finished finished = run_and_interrupt(spec, "ready", &Job::request_stop);
   EXPECT_EQ(texts(finished, LogStream::kOut), (std::vector<std::string>{"ready", "cleaning"}));
   EXPECT_TRUE(has_line(finished, LogStream::kSys, "stop requested"));
@@ -259,13 +269,14 @@ TEST_P(JobTest, GracefulStopLetsTheJobCleanUp) {
   EXPECT_EQ(finished.result.term_signal, 0);
   EXPECT_TRUE(finished.result.stopped);
   EXPECT_FALSE(finished.result.aborted);
-  EXPECT_LT(finished.seconds, 5.0);  // well within the grace
+  EXPECT_LT(finished.seconds, 30.0);  // well within the grace: the trap ended it
   EXPECT_TRUE(sleeper_gone(marker));
 }
 
 TEST_P(JobTest, AbortKillsAtOnce) {
   std::string marker = unique_marker();
   JobSpec spec = spec_for("trap 'echo cleaning; exit 3' TERM; sleep 1000." + marker + " & echo ready; wait");
+  spec.grace_seconds = 60;
   Finished finished = run_and_interrupt(spec, "ready", &Job::request_abort);
   EXPECT_EQ(texts(finished, LogStream::kOut), (std::vector<std::string>{"ready"}));  // no "cleaning"
   EXPECT_TRUE(has_line(finished, LogStream::kSys, "abort requested"));
@@ -273,7 +284,7 @@ TEST_P(JobTest, AbortKillsAtOnce) {
   EXPECT_EQ(finished.result.term_signal, SIGKILL);
   EXPECT_TRUE(finished.result.aborted);
   EXPECT_FALSE(finished.result.stopped);
-  EXPECT_LT(finished.seconds, 1.0);
+  EXPECT_LT(finished.seconds, 30.0);  // at once, not after the 60 s grace
   EXPECT_TRUE(sleeper_gone(marker));
 }
 
@@ -289,7 +300,7 @@ TEST_P(JobTest, JobIgnoringSigtermIsKilledAfterTheGrace) {
   EXPECT_EQ(finished.result.term_signal, SIGKILL);
   EXPECT_TRUE(finished.result.stopped);
   EXPECT_GE(finished.seconds, 0.9);
-  EXPECT_LT(finished.seconds, 4.0);
+  EXPECT_LT(finished.seconds, 10.0);
   EXPECT_TRUE(sleeper_gone(marker));
 }
 
@@ -363,6 +374,17 @@ TEST_P(JobSandboxTest, WorkDirHomeTmpAndShmAreWritable) {
   EXPECT_TRUE(base::file_exists(base::join_path(home_dir(), "home.txt")));
 }
 
+TEST_P(JobSandboxTest, ReadOnlyDirsUnderTmpStayVisibleButReadOnly) {
+  testing::TempDir program_dir;  // under /tmp, which the sandbox replaces with its own
+  testing::write_text_file(program_dir.file("tool.txt"), "the tool\n");
+  JobSpec spec = spec_for("cat " + program_dir.file("tool.txt") + "; echo x > " + program_dir.file("new.txt"));
+  spec.readonly_dirs = {program_dir.path()};
+  Finished finished = run(spec);
+  EXPECT_EQ(texts(finished, LogStream::kOut), std::vector<std::string>{"the tool"});
+  EXPECT_TRUE(has_line(finished, LogStream::kErr, "Read-only file system"));
+  EXPECT_FALSE(base::file_exists(program_dir.file("new.txt")));
+}
+
 TEST_P(JobSandboxTest, ShmSizeIsApplied) {
   JobSpec spec = spec_for("df -k --output=size /dev/shm | tail -1 | tr -d ' '");
   spec.shm_size_bytes = 8 << 20;
@@ -390,7 +412,7 @@ TEST_P(JobSandboxTest, KillingTheSupervisorKillsTheJob) {
     if (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   EXPECT_TRUE(ready);
-  EXPECT_TRUE(sleeper_alive(marker));
+  EXPECT_TRUE(sleeper_appears(marker));
   kill(supervisor, SIGKILL);
   int status = 0;
   waitpid(supervisor, &status, 0);
@@ -426,12 +448,13 @@ TEST(JobStartTest, SandboxCommandLine) {
   spec.argv = {"bash", "-c", "echo hi"};
   spec.work_dir = "/data/run/work";
   spec.writable_dirs = {"/data/run/home/", "/data/run"};
+  spec.readonly_dirs = {"/tmp/build"};
   spec.shm_size_bytes = 1 << 30;
   std::vector<std::string> args = sandbox_argv(spec, "/usr/bin/bwrap");
   std::string line = base::join(args, " ");
   EXPECT_EQ(line.rfind("/usr/bin/bwrap --ro-bind / / --dev /dev ", 0), 0u) << line;
   EXPECT_NE(line.find(" --proc /proc --tmpfs /tmp --size 1073741824 --tmpfs /dev/shm "
-                      "--bind /data/run /data/run --bind /data/run/home /data/run/home "
+                      "--ro-bind /tmp/build /tmp/build --bind /data/run /data/run --bind /data/run/home /data/run/home "
                       "--bind /data/run/work /data/run/work --chdir /data/run/work "
                       "--unshare-pid --die-with-parent -- bash -c echo hi"),
             std::string::npos)
