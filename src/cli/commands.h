@@ -27,6 +27,7 @@ int run_encode(int argc, char** argv);
 int run_generate(int argc, char** argv);
 int run_pull(int argc, char** argv);
 int run_make_model(int argc, char** argv);
+int run_bench(int argc, char** argv);
 int run_init(int argc, char** argv);
 int run_run(int argc, char** argv);
 int run_supervise(int argc, char** argv);  // hidden: the body of a run's supervisor process

@@ -16,6 +16,7 @@ const std::vector<Command>& commands() {
       {"tokenize", "Print the CLIP token ids of a prompt", run_tokenize},
       {"encode", "Compute a prompt's CLIP text embedding and save it as .npy", run_encode},
       {"make-model", "Make a random-weight model folder (tiny, sd15) for offline runs and benchmarks", run_make_model},
+      {"bench", "Time CLIP, UNet and VAE on this machine: GFLOP/s and % of its measured peak", run_bench},
       {"init", "Record this project (its git repository) so that its workflows can run", run_init},
       {"run", "Run a workflow (.sdstack/workflows/*.yaml) on this machine", run_run},
       {"ps", "List this project's runs", run_ps},

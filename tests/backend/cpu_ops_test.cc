@@ -5,7 +5,8 @@
 //  - group/layer norm 1e-5: statistics in double as the oracle, f32 normalise (a few ulp of O(1-10) values);
 //  - softmax, activations 1e-6: a polynomial exp within ~2 ulp and an erf within 1.5e-7 (observed
 //    <= 3e-7); GEGLU 2e-6: the same GELU error times |h| (up to 4 here);
-//  - attention 1e-5: two f32 oneDNN matmuls (K = D, then K = Lk) around the softmax;
+//  - attention 1e-5: f32 sums over D (scores) and Lk (P v) around an f32 softmax, fused (flash: an
+//    online softmax over key tiles) or as two oneDNN matmuls;
 //  - add, mul, scale, upsample, concat: exact (0), the same single f32 operation or a copy.
 #include <cmath>
 
@@ -127,6 +128,44 @@ TEST(CpuAttention, ManyQueriesAreTiled) {
   reference_backend().attention(q, k, v, heads, true, y_ref);
   cpu_backend().attention(q, k, v, heads, true, y_cpu);
   EXPECT_LE(max_rel_diff(y_cpu, y_ref), kAttentionTolerance);
+}
+
+// The fused kernel's edges: query tiles of 64 and key tiles of 128 with remainders, head dims that
+// are not multiples of its 6-channel and 16-lane blocks, the causal mask across and within key
+// tiles (Lq > Lk and Lq < Lk), single tokens, and scores large enough that the online softmax's
+// running max moves many times.
+TEST(CpuAttention, FlashTilesAndHeadDims) {
+  struct Case {
+    int64_t batch, lq, lk, heads, head_dim;
+    bool causal;
+    float range;  // q and k in [-range, range)
+  };
+  const Case cases[] = {
+      {2, 4096, 77, 8, 40, false, 2.0f},  // UNet cross-attention at 512 px, full size
+      {2, 300, 300, 2, 8, false, 2.0f},   // D = 8; 300 = 4 x 64 + 44 queries, 2 x 128 + 44 keys
+      {1, 200, 333, 2, 40, true, 2.0f},   // causal, Lq < Lk: the keys past the last query never count
+      {3, 333, 200, 2, 40, true, 2.0f},   // causal, Lq > Lk: the last queries see every key
+      {1, 130, 130, 4, 64, true, 2.0f},   // causal mask within and across key tiles
+      {2, 70, 129, 2, 80, false, 2.0f},   // D = 80, one key past a tile
+      {1, 65, 257, 1, 160, false, 2.0f},  // D = 160
+      {1, 1, 1, 3, 40, false, 2.0f},      // one query, one key
+      {1, 1, 5, 2, 7, true, 2.0f},        // one query sees only key 0
+      {2, 3, 5, 2, 13, false, 2.0f},      // tiny, odd D
+      {1, 300, 700, 2, 64, false, 5.0f},  // scores of rms ~8: the max moves, many exps underflow
+  };
+  uint64_t seed = 1350;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "B" << c.batch << " Lq" << c.lq << " Lk" << c.lk << " H" << c.heads << " D"
+                                      << c.head_dim << (c.causal ? " causal" : ""));
+    const int64_t channels = c.heads * c.head_dim;
+    const Tensor q = random_tensor({c.batch, c.lq, channels}, seed++, -c.range, c.range);
+    const Tensor k = random_tensor({c.batch, c.lk, channels}, seed++, -c.range, c.range);
+    const Tensor v = random_tensor({c.batch, c.lk, channels}, seed++);
+    Tensor y_ref = Tensor::empty({c.batch, c.lq, channels}), y_cpu = Tensor::empty({c.batch, c.lq, channels});
+    reference_backend().attention(q, k, v, c.heads, c.causal, y_ref);
+    cpu_backend().attention(q, k, v, c.heads, c.causal, y_cpu);
+    EXPECT_LE(max_rel_diff(y_cpu, y_ref), kAttentionTolerance);
+  }
 }
 
 TEST(CpuElementwise, Activations) {

@@ -92,9 +92,21 @@ std::unique_ptr<Linear> make_onednn_linear(std::shared_ptr<OneDnn> onednn, const
 
 // Batched matmul through `cache` (see Backend::matmul).
 void batched_matmul(MatmulCache& cache, const Tensor& a, const Tensor& b, Tensor& y, bool transpose_b, float alpha);
-// Multi-head attention through `cache` (see Backend::attention); `scores` is scratch it may grow.
+// Multi-head attention (see Backend::attention): flash_attention in f32 compute on AVX-512 builds,
+// else attention_matmuls through `cache`. `scores` is scratch either may grow.
 void attention(MatmulCache& cache, const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal,
                std::vector<float>& scores, Tensor& y);
+// Per tile of queries, scores and P v as oneDNN batched matmuls in the compute dtype, an own f32
+// softmax between them: a score tile of up to 64 MB in memory.
+void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads,
+                       bool causal, std::vector<float>& scores, Tensor& y);
+#if defined(__AVX512F__)
+// Fused (flash) attention in f32: keys and values streamed in tiles past 64 queries at a time, an
+// online softmax, no score matrix in memory. Runs on the OpenMP pool. `packed` is scratch it
+// grows to 2 * k.numel() (head-major copies of k and v).
+void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal,
+                     std::vector<float>& packed, Tensor& y);
+#endif
 
 // Own kernels over contiguous f32 (in place where the Backend interface allows aliasing).
 void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_t groups, float eps,
