@@ -41,12 +41,7 @@ class RunnerTest : public ::testing::Test {
     git({"commit", "-q", "-m", "workflows"});
   }
 
-  void git(std::vector<std::string> args) {
-    args.insert(args.begin(), {"git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"});
-    auto output = base::run_process(args, project_.path());
-    ASSERT_TRUE(output.is_ok()) << output.status().message();
-    ASSERT_EQ(output->exit_code, 0) << output->err;
-  }
+  void git(std::vector<std::string> args) { testing::git(project_.path(), std::move(args)); }
 
   std::vector<std::string> environment() const {
     std::vector<std::string> env;
@@ -98,7 +93,10 @@ class RunnerTest : public ::testing::Test {
     return name;
   }
 
-  std::string logs(const std::string& run) { return sd({"logs", run}).err + sd({"logs", run}).out; }
+  std::string logs(const std::string& run) {
+    CommandResult result = sd({"logs", run});
+    return result.err + result.out;
+  }
 
   // The run's STATUS column in `sdstack ps -a`.
   std::string status_of(const std::string& run) {

@@ -16,14 +16,8 @@ namespace sdstack::flow {
 namespace {
 
 using testing::TempDir;
+using testing::git;
 using testing::write_text_file;
-
-void git(const std::string& dir, std::vector<std::string> args) {
-  args.insert(args.begin(), {"git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"});
-  auto output = base::run_process(args, dir);
-  ASSERT_TRUE(output.is_ok()) << output.status().message();
-  ASSERT_EQ(output->exit_code, 0) << output->err;
-}
 
 TEST(ProjectTest, OutsideGitIsAClearError) {
   TempDir dir;

@@ -1,6 +1,7 @@
 // Helpers shared by the tests.
 #include "testing/testing.h"
 
+#include "base/subprocess.h"
 #include "io/npy.h"
 
 #include <fcntl.h>
@@ -118,6 +119,13 @@ CommandResult run_sdstack(const std::vector<std::string>& args) {
   result.out = slurp(out_path);
   result.err = slurp(err_path);
   return result;
+}
+
+void git(const std::string& dir, std::vector<std::string> args) {
+  args.insert(args.begin(), {"git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"});
+  auto output = base::run_process(args, dir);
+  ASSERT_TRUE(output.is_ok()) << output.status().message();
+  ASSERT_EQ(output->exit_code, 0) << output->err;
 }
 
 void write_text_file(const std::string& path, const std::string& contents) {

@@ -54,6 +54,9 @@ struct CommandResult {
 // Runs the built sdstack binary with `args` (each passed as one argument, no shell).
 CommandResult run_sdstack(const std::vector<std::string>& args);
 
+// Runs `git ARGS` in `dir` with a fixed identity and branch name, failing the test on an error.
+void git(const std::string& dir, std::vector<std::string> args);
+
 // Writes `contents` to `path`, creating its parent folders.
 void write_text_file(const std::string& path, const std::string& contents);
 
