@@ -20,6 +20,10 @@ packages=(
   bubblewrap           # the sandbox around local runs
   jupyter-notebook     # the code/notebook providers' IDE (when code-server is not installed)
   libgtest-dev libgmock-dev  # tests
+  # The remote-run tests' engines, started by the tests on this machine (tests/remote/fixtures):
+  openssh-server openssh-client iproute2             # two SSH hosts in network namespaces
+  slurmctld slurmd slurm-client munge                # a one-node Slurm cluster
+  swift swift-proxy swift-account swift-container swift-object python3-swift curl  # S3 (Swift)
 )
 
 missing=()

@@ -159,11 +159,17 @@ Result<ChildProcess> spawn_process(const SpawnOptions& options) {
   }
   char* const* child_env = options.env != nullptr ? envp.data() : environ;
 
-  UniqueFd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-  if (!null_fd.valid()) return io_error("cannot open /dev/null: " + os_reason());
+  UniqueFd null_fd(options.stdin_fd >= 0 ? ::fcntl(options.stdin_fd, F_DUPFD_CLOEXEC, 3)
+                                          : ::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  if (!null_fd.valid()) return io_error("cannot open the child's stdin: " + os_reason());
   SD_RETURN_IF_ERROR(move_above_stdio(&null_fd));
   UniqueFd out_read, out_write, err_read, err_write, failure_read, failure_write;
-  SD_RETURN_IF_ERROR(make_pipe(&out_read, &out_write));
+  if (options.stdout_fd >= 0) {
+    out_write.reset(::fcntl(options.stdout_fd, F_DUPFD_CLOEXEC, 3));
+    if (!out_write.valid()) return io_error("cannot pass the child's stdout: " + os_reason());
+  } else {
+    SD_RETURN_IF_ERROR(make_pipe(&out_read, &out_write));
+  }
   SD_RETURN_IF_ERROR(make_pipe(&err_read, &err_write));
   SD_RETURN_IF_ERROR(make_pipe(&failure_read, &failure_write));
 
@@ -200,7 +206,7 @@ Result<ChildProcess> spawn_process(const SpawnOptions& options) {
     return io_error("cannot start " + program + ": " + std::strerror(failure.error));
   }
 
-  ::fcntl(out_read.get(), F_SETFL, O_NONBLOCK);
+  if (out_read.valid()) ::fcntl(out_read.get(), F_SETFL, O_NONBLOCK);
   ::fcntl(err_read.get(), F_SETFL, O_NONBLOCK);
   ChildProcess child;
   child.pid = pid;
@@ -215,6 +221,11 @@ Result<ProcessOutput> run_process(const std::vector<std::string>& argv, const st
   options.argv = argv;
   options.cwd = cwd;
   options.env = env;
+  return run_process(options);
+}
+
+Result<ProcessOutput> run_process(const SpawnOptions& options) {
+  const std::vector<std::string>& argv = options.argv;
   SD_ASSIGN_OR_RETURN(ChildProcess child, spawn_process(options));
 
   ProcessOutput output;

@@ -62,22 +62,31 @@ struct SpawnOptions {
   // setsid(): the child leads a new session and process group (pgid == pid) with no controlling
   // terminal, so a terminal's Ctrl+C doesn't reach it and it can't open /dev/tty.
   bool new_session = false;
+  // Descriptors (not owned, duplicated into the child) to use as its stdin / stdout instead of
+  // /dev/null / a pipe: a file to upload, one end of a pipe to another process. -1: the default.
+  int stdin_fd = -1;
+  int stdout_fd = -1;
 };
 
 // A child started by spawn_process. The caller owns all of it: it must reap `pid` (waitpid) and the
 // descriptors close with the object.
 struct ChildProcess {
   pid_t pid = -1;
-  UniqueFd stdout_fd;  // read ends of the child's stdout and stderr: non-blocking, close-on-exec
+  // Read ends of the child's stdout (not valid when SpawnOptions::stdout_fd was given) and stderr:
+  // non-blocking, close-on-exec.
+  UniqueFd stdout_fd;
   UniqueFd stderr_fd;
 };
 
-// Starts argv with stdin /dev/null and stdout/stderr on fresh pipes. The child gets a clean start
+// Starts argv with stdin /dev/null and stdout/stderr on fresh pipes (or the descriptors given). The child gets a clean start
 // whatever this process did: every signal unblocked and at its default action (a parent that
 // ignores SIGPIPE or blocks SIGTERM doesn't pass that on), and no descriptor but 0, 1 and 2.
 // Errors are reported here, not as an exit status: NotFound for an unknown program, IoError when
 // the cwd or exec fails (the child has then been reaped). Thread-safe.
 Result<ChildProcess> spawn_process(const SpawnOptions& options);
+
+// run_process with every spawn option: stdin from a file or pipe, stdout into one (then `out` is empty).
+Result<ProcessOutput> run_process(const SpawnOptions& options);
 
 // A waitpid status as a shell shows it: the exit status, or 128+signal.
 int exit_code_from_wait_status(int status);

@@ -38,5 +38,8 @@ int run_rm(int argc, char** argv);
 int run_tags(int argc, char** argv);
 int run_artifacts(int argc, char** argv);
 int run_secrets(int argc, char** argv);
+int run_config(int argc, char** argv);
+int run_offers(int argc, char** argv);
+int run_agent(int argc, char** argv);  // hidden: sdstack's side of a remote run, on the remote
 
 }  // namespace sdstack::cli

@@ -26,6 +26,8 @@ const std::vector<Command>& commands() {
       {"tags", "Name runs' artifacts: tags list|add|delete", run_tags},
       {"artifacts", "A run's artifacts: artifacts list|download|push", run_artifacts},
       {"secrets", "Environment variables for runs, kept out of logs: secrets list|add|delete", run_secrets},
+      {"config", "Remote engines (SSH hosts, Slurm) and the S3 artifact store: config show|ssh|slurm|s3|...", run_config},
+      {"offers", "Where a remote run could go, cheapest first (--gpu, --memory, ...)", run_offers},
   };
   return table;
 }
@@ -60,6 +62,10 @@ int main(int argc, char** argv) {
   if (name == "__supervise") {  // not in the table: users never type it
     std::vector<char*> args(argv + 1, argv + argc);
     return run_supervise(static_cast<int>(args.size()), args.data());
+  }
+  if (name == "__agent") {
+    std::vector<char*> args(argv + 1, argv + argc);
+    return run_agent(static_cast<int>(args.size()), args.data());
   }
   std::vector<std::string> names;
   for (const Command& command : commands()) {

@@ -22,9 +22,10 @@ const char* kRunHelp =
     "Usage: sdstack run WORKFLOW [OPTIONS] [ARGS...] [-- ARGS...]\n"
     "\n"
     "Run a workflow of this project (.sdstack/workflows/*.yaml, .dstack/workflows/*.yaml) on this\n"
-    "machine. It runs in a folder of its own holding the project's files as they are now (HEAD plus\n"
-    "uncommitted changes and untracked, non-ignored files) and the artifacts of its deps, inside a\n"
-    "bubblewrap sandbox. Its output is logged and shown; its artifacts are saved when it ends.\n"
+    "machine, or with --remote on the cheapest configured engine that fits (`sdstack offers`). It runs\n"
+    "in a folder of its own holding the project's files as they are now (HEAD plus uncommitted\n"
+    "changes and untracked, non-ignored files) and the artifacts of its deps, inside a bubblewrap\n"
+    "sandbox when local. Its output is logged and shown; its artifacts are saved when it ends.\n"
     "\n"
     "Arguments sdstack doesn't claim (and all after `--`) fill ${{ run.args }}, each quoted so that\n"
     "spaces, quotes and $ arrive intact: sdstack run prompt-stable -P \"cats in hats\"\n"
@@ -41,6 +42,10 @@ const char* kRunHelp =
     "  --shm-size SIZE       ... shared memory (/dev/shm)\n"
     "  --no-sandbox          Run without bubblewrap (also: SDSTACK_SANDBOX=0)\n"
     "  --stop-grace SECONDS  On a graceful stop, SIGKILL this long after SIGTERM (default 10)\n"
+    "  --remote              Run on a remote engine of `sdstack config`: the cheapest offer that fits\n"
+    "  --backend NAME        ... on this backend only (implies --remote)\n"
+    "  --retry N             ... after an infrastructure failure (host lost, node failure), try up to\n"
+    "                        N more offers (not after the job's own non-zero exit)\n"
     "  -h, --help            Show this help\n"
     "\n"
     "Ctrl+C stops an attached run gracefully (its artifacts are saved); a second Ctrl+C aborts it.\n"
@@ -72,7 +77,8 @@ base::Result<int> count_option(const std::string& flag, const std::string& value
 base::Result<RunArguments> parse_run_arguments(int argc, char** argv) {
   RunArguments parsed;
   const std::vector<std::string> valued = {"-t", "--tag", "-e", "--env", "--cpu", "--memory", "--gpu",
-                                           "--gpu-name", "--gpu-memory", "--shm-size", "--stop-grace"};
+                                           "--gpu-name", "--gpu-memory", "--shm-size", "--stop-grace",
+                                           "--backend", "--retry"};
   if (const char* sandbox = std::getenv("SDSTACK_SANDBOX"); sandbox != nullptr && std::string(sandbox) == "0") {
     parsed.options.sandbox = false;
   }
@@ -105,6 +111,14 @@ base::Result<RunArguments> parse_run_arguments(int argc, char** argv) {
       parsed.detach = true;
     } else if (flag == "--no-sandbox") {
       o.sandbox = false;
+    } else if (flag == "--remote") {
+      o.remote = true;
+    } else if (flag == "--backend") {
+      o.remote = true;
+      o.backend = value;
+    } else if (flag == "--retry") {
+      SD_ASSIGN_OR_RETURN(int retries, count_option(flag, value));
+      o.retries = retries;
     } else if (flag == "-t" || flag == "--tag") {
       o.tag = value;
     } else if (flag == "-e" || flag == "--env") {
@@ -135,7 +149,8 @@ base::Result<RunArguments> parse_run_arguments(int argc, char** argv) {
       return base::invalid_argument("unknown option '" + arg + "' before the workflow's name" +
                                     base::did_you_mean(arg, {"--detach", "--tag", "--env", "--cpu", "--memory",
                                                              "--gpu", "--gpu-name", "--gpu-memory", "--shm-size",
-                                                             "--no-sandbox", "--stop-grace", "--help"}));
+                                                             "--no-sandbox", "--stop-grace", "--remote", "--backend", "--retry",
+                                                             "--help"}));
     } else {
       o.args.push_back(arg);
     }

@@ -7,12 +7,17 @@
 #include "cli/commands.h"
 #include "cli/common.h"
 #include "cli/workspace.h"
+#include "flow/remote_run.h"
 
 namespace sdstack::cli {
 namespace {
 
+// A run's artifacts, fetched from the S3 store first when they are only there (a remote run's).
 base::Result<flow::ArtifactManifest> manifest_of(Workspace& workspace, const flow::RunRecord& run) {
-  SD_ASSIGN_OR_RETURN(auto manifest, workspace.artifacts->manifest(flow::artifact_key(workspace.project.dir, run.name)));
+  const std::string key = flow::artifact_key(workspace.project.dir, run.name);
+  base::Status available = flow::ensure_local_artifacts(workspace.layout, *workspace.artifacts, key);
+  if (!available.is_ok() && available.code() != base::StatusCode::kNotFound) return available;
+  SD_ASSIGN_OR_RETURN(auto manifest, workspace.artifacts->manifest(key));
   if (!manifest) {
     return base::not_found("run " + run.name + " has no saved artifacts (" +
                            std::string(flow::run_status_name(run.status)) +

@@ -585,7 +585,31 @@ void for_each_file(const std::string& dir, Visit visit) {
   }
 }
 
+// Checks that the open file `fd` holds the object `id`, reading it whole; `which` names it.
+Status check_object_contents(int fd, const ObjectId& id, const std::string& which) {
+  struct stat info;
+  if (::fstat(fd, &info) != 0) return base::io_error(os_error("cannot stat", which));
+  base::Sha256 hasher;
+  SD_RETURN_IF_ERROR(hash_whole_file(fd, which, &hasher));
+  const std::string digest = hasher.hex_digest();
+  if (info.st_size != id.size || digest != id.sha256) {
+    return base::data_loss(which + ": object is corrupt: it holds " + std::to_string(info.st_size) +
+                           " bytes with sha256 " + digest + ", not " + std::to_string(id.size) + " bytes with sha256 " +
+                           id.sha256);
+  }
+  return Status::ok();
+}
+
 }  // namespace
+
+std::string artifact_manifest_json(const ArtifactManifest& manifest) {
+  return manifest_to_json(manifest).dump(1) + "\n";
+}
+
+Result<ArtifactManifest> parse_artifact_manifest(const std::string& text, const std::string& source,
+                                                 const std::string& key) {
+  return parse_manifest(text, source, key);
+}
 
 std::string_view artifact_type_name(ArtifactEntry::Type type) {
   switch (type) {
@@ -798,6 +822,68 @@ Status ArtifactStore::push(const std::string& key, ArtifactStore& other) const {
   const std::string file = other.manifest_path(key);
   SD_RETURN_IF_ERROR(make_directory(parent_of(file)));
   return base::write_file_atomic(file, manifest_to_json(*found).dump(1) + "\n");
+}
+
+Result<int64_t> ArtifactStore::import_manifest(const ArtifactManifest& manifest, const std::string& source,
+                                               const FetchObject& fetch) {
+  SD_RETURN_IF_ERROR(check_artifact_key(manifest.key));
+  // The manifest names the objects' files: a digest that is not one could point anywhere.
+  std::map<std::string, ArtifactEntry::Type> types;
+  for (const ArtifactEntry& entry : manifest.entries) {
+    const std::string problem = entry_problem(entry, types);
+    if (!problem.empty()) return base::data_loss(source + ": corrupt artifact manifest: " + problem);
+    types[entry.path] = entry.type;
+  }
+  SD_RETURN_IF_ERROR(make_store_layout(root_));
+  SD_ASSIGN_OR_RETURN(Fd lock, lock_store(root_, LOCK_SH));
+
+  int64_t fetched = 0;
+  std::set<std::string> seen;
+  for (const ArtifactEntry& entry : manifest.entries) {
+    const ObjectId id{entry.sha256, entry.size};
+    if (entry.type != ArtifactEntry::Type::kFile || !seen.insert(id.sha256).second || have_object(*this, id)) {
+      continue;
+    }
+    const std::string which =
+        "object " + id.sha256 + " from " + source + " (artifact '" + entry.path + "' of '" + manifest.key + "')";
+    const std::string temp = base::temporary_path(base::join_path(root_, "tmp/object"));
+    Status status = fetch(entry, temp);
+    if (status.is_ok()) {
+      Fd fd(::open(temp.c_str(), O_RDONLY | O_CLOEXEC));
+      if (fd.get() < 0) {
+        status = base::io_error(os_error("cannot open the fetched object", temp));
+      } else {
+        status = check_object_contents(fd.get(), id, which);
+      }
+      // Objects are read-only and flushed before they get their name, as store_object() leaves them.
+      if (status.is_ok() && (::fchmod(fd.get(), 0444) != 0 || ::fsync(fd.get()) != 0)) {
+        status = base::io_error(os_error("cannot flush", temp));
+      }
+      const std::string object = object_path(id.sha256);
+      if (status.is_ok() && ::mkdir(parent_of(object).c_str(), 0755) != 0 && errno != EEXIST) {
+        status = base::io_error(os_error("cannot create directory", parent_of(object)));
+      }
+      if (status.is_ok() && ::rename(temp.c_str(), object.c_str()) != 0) {
+        status = base::io_error(os_error("cannot rename into place", object));
+      }
+    }
+    if (!status.is_ok()) {
+      ::unlink(temp.c_str());
+      return status;
+    }
+    ++fetched;
+  }
+  const std::string file = manifest_path(manifest.key);
+  SD_RETURN_IF_ERROR(make_directory(parent_of(file)));
+  SD_RETURN_IF_ERROR(base::write_file_atomic(file, artifact_manifest_json(manifest)));
+  return fetched;
+}
+
+Status ArtifactStore::with_shared_lock(const std::function<Status()>& work) const {
+  struct stat root_info;
+  if (::stat(root_.c_str(), &root_info) != 0) return work();  // nothing saved yet, nothing for gc() to delete
+  SD_ASSIGN_OR_RETURN(Fd lock, lock_store(root_, LOCK_SH));
+  return work();
 }
 
 }  // namespace sdstack::flow

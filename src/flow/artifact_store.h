@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -41,6 +42,13 @@ base::Result<std::string> normalise_artifact_path(const std::string& path);
 // Checks a store key: a relative path like "<repo-id>/<run-name>" of [A-Za-z0-9._-] parts joined
 // by '/', none of them empty, "." or "..". InvalidArgument naming the key otherwise.
 base::Status check_artifact_key(const std::string& key);
+
+// A manifest as its JSON file holds it (the text save() writes), and the reverse. The parser checks
+// what manifest() checks: bad JSON or impossible entries are DataLoss naming `source` (a file, an
+// s3:// URI); the key is the caller's (where the manifest was found), not the text's.
+std::string artifact_manifest_json(const ArtifactManifest& manifest);
+base::Result<ArtifactManifest> parse_artifact_manifest(const std::string& text, const std::string& source,
+                                                       const std::string& key);
 
 // A store of run artifacts in a folder under ~/.sdstack/ (the caller picks which):
 //   objects/sha256/<2 hex>/<64 hex>  file contents, named by their digest, read-only (0444)
@@ -100,6 +108,23 @@ class ArtifactStore {
   // written last, so `other` never holds a manifest whose objects are not all there. NotFound when
   // `key` has no manifest here.
   base::Status push(const std::string& key, ArtifactStore& other) const;
+
+  // Writes the bytes of `entry`'s object (a file entry's) to the new file `path`; see import_manifest().
+  using FetchObject = std::function<base::Status(const ArtifactEntry& entry, const std::string& path)>;
+
+  // Adds `manifest`, saved elsewhere (another store, an S3 bucket named by `source`), under
+  // manifest.key, fetching the objects this store lacks with `fetch`, each once, into a temporary
+  // file under tmp/. A fetched object's size and sha256 are checked before it is renamed into
+  // place: a mismatch is DataLoss naming `source`, the object and its artifact path, and nothing of
+  // it is kept. The manifest is written last, and only when every object is there. The store's
+  // shared lock is held throughout, so gc() cannot delete objects fetched for a manifest not yet
+  // written. Returns how many objects were fetched.
+  base::Result<int64_t> import_manifest(const ArtifactManifest& manifest, const std::string& source,
+                                        const FetchObject& fetch);
+
+  // Runs `work` holding the store's shared lock, as save(), restore() and push() do: gc() waits
+  // until it returns, so the objects of the manifests `work` reads stay (for copying them out).
+  base::Status with_shared_lock(const std::function<base::Status()>& work) const;
 
   // Where the object with this digest lives (whether or not it exists).
   std::string object_path(const std::string& sha256) const;

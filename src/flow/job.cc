@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -425,5 +426,39 @@ Result<JobResult> Job::wait() {
   result.aborted = request == Request::kAbort;
   return result;
 }
+
+namespace {
+
+std::atomic<Job*> g_stop_target{nullptr};
+volatile sig_atomic_t g_stop_request = 0;  // 1: stop, 2: abort
+
+void on_stop_signal(int signal_number) {
+  int request = signal_number == SIGUSR1 ? 2 : 1;
+  if (g_stop_request < request) g_stop_request = request;
+  if (Job* job = g_stop_target.load()) request == 2 ? job->request_abort() : job->request_stop();
+}
+
+}  // namespace
+
+void install_stop_signal_handlers() {
+  struct sigaction action{};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGUSR1, &action, nullptr);
+  signal(SIGHUP, SIG_IGN);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+void attach_stop_signals(Job* job) {
+  g_stop_target.store(job);
+  if (job == nullptr) return;
+  if (g_stop_request == 1) job->request_stop();
+  if (g_stop_request == 2) job->request_abort();
+}
+
+int pending_stop_request() { return g_stop_request; }
 
 }  // namespace sdstack::flow

@@ -119,4 +119,13 @@ class Job {
   base::UniqueFd exit_fd_;                       // a pidfd, readable when the main process ends (or -1)
 };
 
+// A supervising process's stop signals: SIGTERM and SIGINT ask for a graceful stop, SIGUSR1 for an
+// abort; SIGHUP and SIGPIPE are ignored (the process outlives its terminal and its readers).
+// Before a job is attached a request is remembered (pending_stop_request()); attaching acts on it,
+// and from then on each signal goes to the job. Only async-signal-safe work runs in the handler.
+void install_stop_signal_handlers();
+void attach_stop_signals(Job* job);  // nullptr detaches
+// 0: none, 1: a graceful stop, 2: an abort (the strongest asked for so far).
+int pending_stop_request();
+
 }  // namespace sdstack::flow

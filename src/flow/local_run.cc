@@ -27,6 +27,7 @@
 #include "base/subprocess.h"
 #include "flow/expressions.h"
 #include "flow/job.h"
+#include "flow/remote_run.h"
 #include "flow/run_log.h"
 
 extern char** environ;
@@ -133,7 +134,17 @@ nlohmann::json plan_to_json(const JobPlan& plan) {
           {"shm_size_bytes", plan.shm_size_bytes},
           {"grace_seconds", plan.grace_seconds},
           {"app_url", plan.app_url},
-          {"app_port", plan.app_port}};
+          {"app_port", plan.app_port},
+          {"offers", plan.offers},
+          {"retries", plan.retries},
+          {"resources",
+           {{"cpu", plan.resources.cpu},
+            {"memory_bytes", plan.resources.memory_bytes},
+            {"gpu_count", plan.resources.gpu.count},
+            {"gpu_name", plan.resources.gpu.name},
+            {"gpu_memory_bytes", plan.resources.gpu.memory_bytes},
+            {"shm_size_bytes", plan.resources.shm_size_bytes}}},
+          {"s3_deps", plan.s3_deps}};
 }
 
 Result<JobPlan> read_plan(const std::string& path) {
@@ -157,6 +168,18 @@ Result<JobPlan> read_plan(const std::string& path) {
     plan.grace_seconds = json.at("grace_seconds");
     plan.app_url = json.at("app_url");
     plan.app_port = json.at("app_port");
+    plan.offers = json.value("offers", std::vector<std::string>());
+    plan.retries = json.value("retries", 0);
+    if (json.contains("resources")) {
+      const nlohmann::json& resources = json.at("resources");
+      plan.resources.cpu = resources.at("cpu");
+      plan.resources.memory_bytes = resources.at("memory_bytes");
+      plan.resources.gpu.count = resources.at("gpu_count");
+      plan.resources.gpu.name = resources.at("gpu_name");
+      plan.resources.gpu.memory_bytes = resources.at("gpu_memory_bytes");
+      plan.resources.shm_size_bytes = resources.at("shm_size_bytes");
+    }
+    plan.s3_deps = json.value("s3_deps", std::vector<std::string>());
     return plan;
   } catch (const nlohmann::json::exception& error) {
     return base::data_loss(path + ": not a run plan sdstack wrote: " + error.what());
@@ -236,7 +259,7 @@ std::string joined_script(const std::vector<std::string>& lines) {
 
 // The run's artifacts of a dep, or an error saying what to run first.
 Result<RunRecord> resolve_dep(const Dep& dep, const WorkflowSpec& workflow, const Project& project,
-                              RunStore& store, ArtifactStore& artifacts) {
+                              const StoreLayout& layout, RunStore& store, ArtifactStore& artifacts) {
   std::optional<RunRecord> run;
   if (dep.kind == Dep::Kind::kWorkflow) {
     SD_ASSIGN_OR_RETURN(run, store.latest_successful(project.dir, dep.name));
@@ -255,8 +278,9 @@ Result<RunRecord> resolve_dep(const Dep& dep, const WorkflowSpec& workflow, cons
     SD_ASSIGN_OR_RETURN(RunRecord tagged_record, store.get_run(project.dir, *tagged));
     run = tagged_record;
   }
-  SD_ASSIGN_OR_RETURN(auto manifest, artifacts.manifest(artifact_key(project.dir, run->name)));
-  if (!manifest) {
+  Status available = ensure_local_artifacts(layout, artifacts, artifact_key(project.dir, run->name));
+  if (!available.is_ok() && available.code() != base::StatusCode::kNotFound) return available;
+  if (!available.is_ok()) {
     return base::not_found(dep.where.to_string() + ": workflow '" + workflow.name + "' needs the artifacts of run '" +
                            run->name + "' (" + (run->workflow.empty() ? "an upload" : run->workflow) +
                            "), which has none saved (" + std::string(run_status_name(run->status)) +
@@ -324,9 +348,33 @@ Result<JobPlan> submit_run(const Project& project, const std::vector<WorkflowSpe
   }
   const WorkflowSpec& workflow = *found;
 
-  // 1. What this machine can give, the provider's tools, the sandbox, the deps: refuse early.
+  // 1. What this machine (or an offer) can give, the provider's tools, the sandbox, the deps:
+  // refuse early.
   Resources resources = apply_overrides(workflow.resources, options.overrides);
-  std::vector<std::string> missing = missing_resources(resources, detect_local_machine());
+  std::vector<std::string> offers;
+  Config config;
+  if (options.remote) {
+    if (workflow.provider != Provider::kBash) {
+      return base::invalid_argument("workflow '" + workflow.name + "' uses the " +
+                                    std::string(provider_name(workflow.provider)) +
+                                    " provider, which runs on this machine only; remote runs take bash workflows");
+    }
+    SD_ASSIGN_OR_RETURN(config, load_config(config_path(layout)));
+    std::vector<Offer> all = list_offers(config);
+    bool undetected = std::any_of(all.begin(), all.end(), [&](const Offer& offer) {
+      return !offer.detected && (options.backend.empty() || offer.backend == options.backend);
+    });
+    if (undetected) {  // first contact: learn what the hosts have, and keep it
+      SD_RETURN_IF_ERROR(detect_ssh_hosts(config, options.backend, layout));
+      SD_RETURN_IF_ERROR(save_config(config, config_path(layout)));
+      all = list_offers(config);
+    }
+    OfferMatch match = match_offers(all, resources, options.backend);
+    if (match.fitting.empty()) return no_offer_error(resources, match, options.backend);
+    for (const Offer& offer : match.fitting) offers.push_back(offer.id());
+  }
+  std::vector<std::string> missing =
+      options.remote ? std::vector<std::string>() : missing_resources(resources, detect_local_machine());
   if (!missing.empty()) {
     std::string message = "this machine can't give what workflow '" + workflow.name + "' asks for:";
     for (const std::string& line : missing) message += "\n  - " + line;
@@ -334,12 +382,12 @@ Result<JobPlan> submit_run(const Project& project, const std::vector<WorkflowSpe
                "an engine that has it";
     return base::invalid_argument(message);
   }
-  SD_RETURN_IF_ERROR(check_provider_tools(workflow));
-  bool sandbox = options.sandbox && workflow.provider != Provider::kDocker;
+  if (!options.remote) SD_RETURN_IF_ERROR(check_provider_tools(workflow));
+  bool sandbox = options.sandbox && !options.remote && workflow.provider != Provider::kDocker;
   if (sandbox) SD_RETURN_IF_ERROR(check_sandbox());
   std::vector<RunRecord> dep_runs;
   for (const Dep& dep : workflow.deps) {
-    SD_ASSIGN_OR_RETURN(RunRecord run, resolve_dep(dep, workflow, project, store, artifacts));
+    SD_ASSIGN_OR_RETURN(RunRecord run, resolve_dep(dep, workflow, project, layout, store, artifacts));
     dep_runs.push_back(std::move(run));
   }
   if (!options.tag.empty()) {
@@ -397,6 +445,9 @@ Result<JobPlan> submit_run(const Project& project, const std::vector<WorkflowSpe
   plan.sandbox = sandbox;
   plan.shm_size_bytes = resources.shm_size_bytes;
   plan.grace_seconds = options.grace_seconds;
+  plan.offers = offers;
+  plan.retries = options.retries;
+  plan.resources = resources;
 
   std::error_code error;
   fs::create_directories(plan.home_dir, error);
@@ -410,8 +461,25 @@ Result<JobPlan> submit_run(const Project& project, const std::vector<WorkflowSpe
   (void)(*log)->sys("run " + record.name + " of workflow '" + workflow.name + "' (" + record.provider +
                     "), from " + from + (project.dirty ? " with local changes" : "") + ": " +
                     std::to_string(snapshot->files) + " files, " + format_bytes(snapshot->bytes));
+  bool deps_from_s3 = options.remote && config.artifacts.has_value();
+  std::unique_ptr<S3Client> s3;
+  if (deps_from_s3 && !dep_runs.empty()) {
+    auto client = artifact_s3_client(config);
+    if (!client.is_ok()) return fail(client.status());
+    s3 = std::move(*client);
+  }
   for (const RunRecord& dep_run : dep_runs) {
-    Status restored = artifacts.restore(artifact_key(project.dir, dep_run.name), plan.work_dir);
+    const std::string key = artifact_key(project.dir, dep_run.name);
+    if (deps_from_s3) {
+      // The remote fetches them from the S3 store itself; put them there first if they are only here.
+      auto there = s3_manifest(*s3, key);
+      Status pushed = !there.is_ok() ? there.status() : *there ? Status::ok() : push_to_s3(artifacts, key, *s3);
+      if (!pushed.is_ok()) return fail(pushed.with_context("the artifacts of run " + dep_run.name));
+      plan.s3_deps.push_back(key);
+      (void)(*log)->sys("artifacts of run " + dep_run.name + " (" + dep_run.workflow + ") come from the S3 store");
+      continue;
+    }
+    Status restored = artifacts.restore(key, plan.work_dir);
     if (!restored.is_ok()) return fail(restored.with_context("the artifacts of run " + dep_run.name));
     (void)(*log)->sys("artifacts of run " + dep_run.name + " (" + dep_run.workflow + ") put in the working dir");
   }
@@ -502,32 +570,6 @@ Result<pid_t> launch_supervisor(const JobPlan& plan, const std::string& self_exe
 
 namespace {
 
-// The supervisor's signal handling: before the job starts a request is remembered, after it is
-// passed on. Only async-signal-safe work in the handler.
-std::atomic<Job*> g_job{nullptr};
-volatile sig_atomic_t g_pending = 0;  // 1: stop, 2: abort
-
-void on_stop_signal(int signal_number) {
-  bool abort = signal_number == SIGUSR1;
-  if (Job* job = g_job.load()) {
-    abort ? job->request_abort() : job->request_stop();
-  } else if (g_pending < (abort ? 2 : 1)) {
-    g_pending = abort ? 2 : 1;
-  }
-}
-
-void install_handlers() {
-  struct sigaction action{};
-  action.sa_handler = on_stop_signal;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;
-  sigaction(SIGTERM, &action, nullptr);
-  sigaction(SIGINT, &action, nullptr);
-  sigaction(SIGUSR1, &action, nullptr);
-  signal(SIGHUP, SIG_IGN);
-  signal(SIGPIPE, SIG_IGN);
-}
-
 // The environment the job sees: the supervisor's own (the caller's), then the plan's, then secrets.
 std::vector<std::string> job_environment(const JobPlan& plan, const std::map<std::string, std::string>& secrets,
                                          const std::string& self_dir) {
@@ -576,7 +618,7 @@ std::string ending_reason(const JobResult& result) {
 }  // namespace
 
 int supervise(const StoreLayout& layout, const std::string& project_dir, const std::string& run) {
-  install_handlers();
+  install_stop_signal_handlers();
   auto store = RunStore::open(layout.database());
   if (!store.is_ok()) {
     std::fprintf(stderr, "sdstack: %s\n", store.status().message().c_str());
@@ -584,6 +626,7 @@ int supervise(const StoreLayout& layout, const std::string& project_dir, const s
   }
   const std::string run_dir = layout.run_dir(project_dir, run);
   auto plan = read_plan(base::join_path(run_dir, "job.json"));
+  if (plan.is_ok() && !plan->offers.empty()) return supervise_remote(layout, project_dir, run, *plan);
   auto log = LogWriter::open(base::join_path(run_dir, "log"));
   auto fail = [&](const std::string& reason) {
     if (log.is_ok()) (void)(*log)->sys("failed: " + reason);
@@ -617,9 +660,7 @@ int supervise(const StoreLayout& layout, const std::string& project_dir, const s
   (void)(*log)->sys(std::string("running") + (spec.sandbox ? " in a sandbox" : ""));
   auto job = Job::start(spec, log->get());
   if (!job.is_ok()) return fail(job.status().message());
-  g_job.store(job->get());
-  if (g_pending == 1) (*job)->request_stop();
-  if (g_pending == 2) (*job)->request_abort();
+  attach_stop_signals(job->get());
 
   std::atomic<bool> job_finished{false};
   std::thread announcer;
@@ -627,7 +668,7 @@ int supervise(const StoreLayout& layout, const std::string& project_dir, const s
   auto result = (*job)->wait();
   job_finished = true;
   if (announcer.joinable()) announcer.join();
-  g_job.store(nullptr);
+  attach_stop_signals(nullptr);
   if (!result.is_ok()) return fail(result.status().message());
 
   if (result->aborted) {

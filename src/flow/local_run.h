@@ -48,6 +48,11 @@ struct RunOptions {
   ResourceOverrides overrides;
   bool sandbox = true;            // bubblewrap around the job
   int grace_seconds = 10;         // a graceful stop's SIGTERM → SIGKILL delay
+  // --remote: on the cheapest offer of the config that fits (remote_run.h), of backend `backend`
+  // when it is not ""; `retries` more offers are tried after infrastructure failures.
+  bool remote = false;
+  std::string backend;
+  int retries = 0;
 };
 
 // What the supervisor runs: written to the run's job.json at submission.
@@ -67,6 +72,13 @@ struct JobPlan {
   int grace_seconds = 10;
   std::string app_url;   // the IDE's URL (code, lab, notebook)
   int app_port = 0;      // the port the IDE listens on, 127.0.0.1
+  // Remote runs: the offers to try, in order (ids "backend/target"; empty for a local run), how
+  // many retries after infrastructure failures, the resources asked for (Slurm's request) and the
+  // deps' artifact keys the remote fetches from the S3 store itself.
+  std::vector<std::string> offers;
+  int retries = 0;
+  Resources resources;
+  std::vector<std::string> s3_deps;
 };
 
 // Submits a run of `options.workflow`: checks the workflow exists, the resources this machine can

@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -38,7 +40,64 @@ std::vector<GpuInfo> detect_gpus() {
   return gpus;
 }
 
+// The limit in a memory.max or memory.limit_in_bytes file; 0 for "max", "unlimited" or no file.
+int64_t read_memory_limit(const std::string& path) {
+  std::ifstream file(path);
+  std::string text;
+  if (!(file >> text)) return 0;
+  errno = 0;
+  char* end = nullptr;
+  long long value = std::strtoll(text.c_str(), &end, 10);
+  if (errno != 0 || end == text.c_str() || *end != '\0' || value <= 0) return 0;  // "max", garbage
+  // cgroup v1 writes "no limit" as the largest page-aligned count (2^63 - 4096 with 4 KiB pages).
+  constexpr int64_t kUnlimited = int64_t{1} << 62;
+  return value >= kUnlimited ? 0 : value;
+}
+
+// The tighter of two limits, where 0 is none.
+int64_t tighter_limit(int64_t a, int64_t b) { return a == 0 ? b : b == 0 ? a : std::min(a, b); }
+
+// The smallest limit in `file_name` from `hierarchy` + `path` up to `hierarchy` itself; 0 for none.
+int64_t smallest_limit_up_to_root(const std::string& hierarchy, std::string path, const std::string& file_name) {
+  int64_t smallest = 0;
+  while (true) {
+    while (path.size() > 1 && path.back() == '/') path.pop_back();
+    smallest = tighter_limit(smallest, read_memory_limit(hierarchy + (path == "/" ? "" : path) + "/" + file_name));
+    if (path.empty() || path == "/") return smallest;
+    size_t slash = path.rfind('/');
+    path = slash == std::string::npos || slash == 0 ? "/" : path.substr(0, slash);
+  }
+}
+
 }  // namespace
+
+int64_t cgroup_memory_limit(const std::string& proc_self_cgroup, const std::string& cgroup_root) {
+  int64_t smallest = 0;
+  std::istringstream lines(proc_self_cgroup);
+  std::string line;
+  while (std::getline(lines, line)) {
+    // "4:memory:/user.slice" (v1: hierarchy, controllers, path) or "0::/user.slice" (v2).
+    size_t first = line.find(':');
+    size_t second = first == std::string::npos ? std::string::npos : line.find(':', first + 1);
+    if (second == std::string::npos) continue;
+    std::string controllers = line.substr(first + 1, second - first - 1);
+    std::string path = line.substr(second + 1);
+    if (path.empty() || path[0] != '/') continue;
+    if (controllers.empty()) {
+      smallest = tighter_limit(smallest, smallest_limit_up_to_root(cgroup_root, path, "memory.max"));
+      smallest = tighter_limit(smallest, smallest_limit_up_to_root(cgroup_root + "/unified", path, "memory.max"));
+      continue;
+    }
+    std::istringstream names(controllers);
+    std::string name;
+    while (std::getline(names, name, ',')) {
+      if (name != "memory") continue;
+      smallest = tighter_limit(smallest,
+                               smallest_limit_up_to_root(cgroup_root + "/memory", path, "memory.limit_in_bytes"));
+    }
+  }
+  return smallest;
+}
 
 MachineResources detect_local_machine() {
   MachineResources machine;
@@ -52,6 +111,11 @@ MachineResources detect_local_machine() {
   while (meminfo >> key >> kib >> unit) {
     if (key == "MemTotal:") machine.memory_bytes = kib * 1024;
   }
+  // A container's or a systemd unit's limit is what a run really gets, not the machine's RAM.
+  std::ifstream self_cgroup("/proc/self/cgroup");
+  std::stringstream cgroup_text;
+  cgroup_text << self_cgroup.rdbuf();
+  machine.memory_bytes = tighter_limit(machine.memory_bytes, cgroup_memory_limit(cgroup_text.str(), "/sys/fs/cgroup"));
   machine.gpus = detect_gpus();
   struct statvfs shm;
   if (statvfs("/dev/shm", &shm) == 0) machine.shm_bytes = static_cast<int64_t>(shm.f_blocks) * shm.f_frsize;

@@ -16,13 +16,23 @@ struct GpuInfo {
 
 struct MachineResources {
   int cpus = 0;                 // CPUs this process may use (its affinity mask)
-  int64_t memory_bytes = 0;     // MemTotal
+  int64_t memory_bytes = 0;     // MemTotal, or this process's cgroup memory limit when lower
   std::vector<GpuInfo> gpus;    // from nvidia-smi, empty without it
   int64_t shm_bytes = 0;        // the size of /dev/shm
 };
 
-// Reads /proc/meminfo, the affinity mask, `nvidia-smi --query-gpu` when installed, statvfs(/dev/shm).
+// Reads /proc/meminfo, the cgroup memory limit, the affinity mask, `nvidia-smi --query-gpu` when
+// installed, statvfs(/dev/shm).
 MachineResources detect_local_machine();
+
+// The memory limit, in bytes, of the cgroup that `proc_self_cgroup` (the text of /proc/self/cgroup)
+// names, read under `cgroup_root` (normally "/sys/fs/cgroup"), or 0 when nothing limits it. A limit
+// on a parent cgroup applies too, so the smallest one from the process's cgroup up to the root wins.
+// Reads cgroup v2's memory.max (mounted at the root, or at "unified" beside v1) and cgroup v1's
+// memory/<path>/memory.limit_in_bytes; "max" and v1's huge "unlimited" value (2^63 - 4096) mean
+// none. A path that isn't under `cgroup_root` as named (inside a container, where the container's
+// own cgroup is mounted at the root) is found by walking up to the root. Missing files are no limit.
+int64_t cgroup_memory_limit(const std::string& proc_self_cgroup, const std::string& cgroup_root);
 
 // The overrides `sdstack run` takes (--cpu --memory --gpu --gpu-name --gpu-memory --shm-size):
 // each one set replaces the workflow's value.

@@ -286,6 +286,11 @@ Status LogWriter::sys(std::string_view message) {
   return write_all(out);
 }
 
+Status LogWriter::append_lines(std::string_view lines) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return write_all(std::string(lines));
+}
+
 Status LogWriter::write_all(const std::string& bytes) {
   // One write(2) for all the lines; O_APPEND makes it land whole at the end of the file.
   const char* data = bytes.data();

@@ -69,6 +69,10 @@ class LogWriter {
   // `message` become spaces). Secrets are masked here too.
   base::Status sys(std::string_view message);
 
+  // Appends complete lines already in the log's format (a remote run's log, read back from its
+  // host) as they are, in one write.
+  base::Status append_lines(std::string_view lines);
+
   const std::string& path() const { return path_; }
 
  private:

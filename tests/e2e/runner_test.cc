@@ -14,6 +14,7 @@
 
 #include "base/file.h"
 #include "base/subprocess.h"
+#include "testing/project.h"
 #include "testing/testing.h"
 
 extern char** environ;
@@ -24,112 +25,11 @@ namespace {
 using testing::CommandResult;
 using testing::TempDir;
 using testing::write_text_file;
+using testing::contains;
 
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 // A git project with workflow files and its own sdstack store.
-class RunnerTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    git({"init", "-q"});
-    std::filesystem::create_directories(project_.file(".sdstack/workflows"));
-  }
-
-  void write_workflows(const std::string& yaml) {
-    write_text_file(project_.file(".sdstack/workflows/test.yaml"), yaml);
-    git({"add", "-A"});
-    git({"commit", "-q", "-m", "workflows"});
-  }
-
-  void git(std::vector<std::string> args) { testing::git(project_.path(), std::move(args)); }
-
-  std::vector<std::string> environment() const {
-    std::vector<std::string> env;
-    for (char** entry = environ; *entry != nullptr; ++entry) {
-      if (std::string(*entry).rfind("SDSTACK_HOME=", 0) != 0) env.push_back(*entry);
-    }
-    env.push_back("SDSTACK_HOME=" + home_.path());
-    return env;
-  }
-
-  // `sdstack ARGS` in the project folder.
-  CommandResult sd(std::vector<std::string> args) {
-    args.insert(args.begin(), SDSTACK_BINARY);
-    std::vector<std::string> env = environment();
-    auto output = base::run_process(args, project_.path(), &env);
-    EXPECT_TRUE(output.is_ok()) << output.status().message();
-    if (!output.is_ok()) return {};
-    return {output->exit_code, output->out, output->err};
-  }
-
-  // Starts `sdstack ARGS` without waiting; its output goes to files in the home folder.
-  pid_t start(std::vector<std::string> args) {
-    args.insert(args.begin(), SDSTACK_BINARY);
-    std::vector<std::string> env = environment();
-    std::string out = home_.file("attached.out"), err = home_.file("attached.err");
-    pid_t pid = fork();
-    if (pid == 0) {
-      if (chdir(project_.path().c_str()) != 0) _exit(127);
-      freopen(out.c_str(), "w", stdout);
-      freopen(err.c_str(), "w", stderr);
-      std::vector<char*> argv, envp;
-      for (std::string& arg : args) argv.push_back(arg.data());
-      for (std::string& entry : env) envp.push_back(entry.data());
-      argv.push_back(nullptr);
-      envp.push_back(nullptr);
-      execve(argv[0], argv.data(), envp.data());
-      _exit(127);
-    }
-    return pid;
-  }
-
-  // Runs `sdstack run -d ARGS` and returns the run's name.
-  std::string detached(std::vector<std::string> args) {
-    args.insert(args.begin(), {"run", "-d"});
-    CommandResult result = sd(args);
-    EXPECT_EQ(result.exit_code, 0) << result.err;
-    std::string name = result.out;
-    while (!name.empty() && name.back() == '\n') name.pop_back();
-    return name;
-  }
-
-  std::string logs(const std::string& run) {
-    CommandResult result = sd({"logs", run});
-    return result.err + result.out;
-  }
-
-  // The run's STATUS column in `sdstack ps -a`.
-  std::string status_of(const std::string& run) {
-    CommandResult ps = sd({"ps", "-a"});
-    std::istringstream lines(ps.out);
-    std::string line;
-    while (std::getline(lines, line)) {
-      std::istringstream words(line);
-      std::string name, workflow, provider, status;
-      words >> name >> workflow >> provider >> status;
-      if (name == run) return status;
-    }
-    return "";
-  }
-
-  template <typename Predicate>
-  bool wait_for(Predicate predicate, int seconds = 60) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (predicate()) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
-    return false;
-  }
-
-  bool finished(const std::string& run) {
-    std::string status = status_of(run);
-    return status == "done" || status == "failed" || status == "stopped" || status == "aborted";
-  }
-
-  TempDir project_;
-  TempDir home_;
-};
+class RunnerTest : public testing::ProjectTest {};
 
 TEST_F(RunnerTest, RunNeedsInitAndInitNeedsNoRemote) {
   write_workflows("workflows:\n  - name: hello\n    commands:\n      - echo hi\n");
