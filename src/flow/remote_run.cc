@@ -180,6 +180,7 @@ struct Attempt {
   Ending ending = Ending::kError;
   RemoteResult result;   // kFinished
   std::string reason;    // kInfrastructure / kError
+  bool offer_gone = false;  // the host can't be reached: a retry goes elsewhere
 };
 
 class RemoteSupervisor {
@@ -195,6 +196,7 @@ class RemoteSupervisor {
       Attempt outcome;
       outcome.ending = infrastructure ? Attempt::Ending::kInfrastructure : Attempt::Ending::kError;
       outcome.reason = reason;
+      outcome.offer_gone = infrastructure;
       return outcome;
     };
     auto setup_failure = [&](const Status& status) {
@@ -365,6 +367,7 @@ class RemoteSupervisor {
             outcome.ending = Attempt::Ending::kInfrastructure;
             outcome.reason = "sdstack's agent on " + offer.id() + " ended without finishing the run (the host "
                              "restarted, or something killed it)";
+            outcome.offer_gone = true;
             return outcome;
           }
         }
@@ -372,6 +375,7 @@ class RemoteSupervisor {
         outcome.ending = Attempt::Ending::kInfrastructure;
         outcome.reason = "host " + host.name() + " (" + offer.id() + ") lost: no answer for " +
                          std::to_string(config_.lost_after_seconds) + " s";
+        outcome.offer_gone = true;
         return outcome;
       }
       if (!job_id.empty() && reached) {
@@ -589,18 +593,28 @@ int supervise_remote(const StoreLayout& layout, const std::string& project_dir, 
 
   RemoteSupervisor supervisor(layout, plan, *config, **log);
   for (const auto& [name, value] : *secrets) supervisor.secret_names_.push_back(name);
+  // An infrastructure failure is retried on the same offer while it answers (Slurm puts the job on
+  // another node), else on the next offer that is not gone.
   Attempt outcome;
-  int attempts = 1 + plan.retries;
-  for (int attempt = 1; attempt <= attempts && attempt <= static_cast<int>(offers.size()); ++attempt) {
-    const Offer& offer = offers[attempt - 1];
+  const int attempts = 1 + plan.retries;
+  std::vector<bool> gone(offers.size(), false);
+  size_t current = 0;
+  for (int attempt = 1; attempt <= attempts; ++attempt) {
+    const Offer& offer = offers[current];
     (void)(*log)->sys("attempt " + std::to_string(attempt) + " of " + std::to_string(attempts) + ": offer " +
                       offer.id() + " (" + describe_machine(offer.resources) + ", " + format_price(offer.price) + ")");
     outcome = supervisor.run_on(offer, attempt, agent_secrets);
     if (outcome.ending != Attempt::Ending::kInfrastructure || pending_stop_request() > 0) break;
     (void)(*log)->sys(outcome.reason);
-    if (attempt < attempts && attempt < static_cast<int>(offers.size())) {
-      (void)(*log)->sys("retrying on the next offer (" + offers[attempt].id() + ")");
+    if (outcome.offer_gone) gone[current] = true;
+    size_t next = current;
+    while (next < offers.size() && gone[next]) ++next;
+    if (next == offers.size()) {
+      if (attempt < attempts) (void)(*log)->sys("no other offer fits: not retrying");
+      break;
     }
+    current = next;
+    if (attempt < attempts) (void)(*log)->sys("retrying on offer " + offers[current].id());
   }
   if (outcome.ending != Attempt::Ending::kFinished) return fail(outcome.reason);
 
