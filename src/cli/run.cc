@@ -46,6 +46,7 @@ const char* kRunHelp =
     "  --backend NAME        ... on this backend only (implies --remote)\n"
     "  --retry N             ... after an infrastructure failure (host lost, node failure), try up to\n"
     "                        N more offers (not after the job's own non-zero exit)\n"
+    "  --time LIMIT          Stop a remote run gracefully past this (90 = 90m, 30s, 2h; Slurm: --time)\n"
     "  -h, --help            Show this help\n"
     "\n"
     "Ctrl+C stops an attached run gracefully (its artifacts are saved); a second Ctrl+C aborts it.\n"
@@ -72,13 +73,26 @@ base::Result<int> count_option(const std::string& flag, const std::string& value
   return static_cast<int>(number);
 }
 
+// In seconds: "90" and "90m" are minutes, "30s" seconds, "2h" hours, "1d" days.
+base::Result<int> duration_option(const std::string& flag, const std::string& value) {
+  char* end = nullptr;
+  long number = std::strtol(value.c_str(), &end, 10);
+  std::string unit = end != nullptr ? end : "";
+  long factor = unit == "s" ? 1 : unit.empty() || unit == "m" ? 60 : unit == "h" ? 3600 : unit == "d" ? 86400 : 0;
+  if (value.empty() || end == value.c_str() || number <= 0 || factor == 0 || number * factor > 365L * 86400) {
+    return base::invalid_argument(flag + ": expected a duration like 90 (minutes), 30s, 90m, 2h or 1d, got '" + value +
+                                  "'");
+  }
+  return static_cast<int>(number * factor);
+}
+
 // sdstack's own options are taken wherever they appear before `--`; everything else, in order, is
 // the run's arguments. The workflow is the first word that is not an option of sdstack's.
 base::Result<RunArguments> parse_run_arguments(int argc, char** argv) {
   RunArguments parsed;
   const std::vector<std::string> valued = {"-t", "--tag", "-e", "--env", "--cpu", "--memory", "--gpu",
                                            "--gpu-name", "--gpu-memory", "--shm-size", "--stop-grace",
-                                           "--backend", "--retry"};
+                                           "--backend", "--retry", "--time"};
   if (const char* sandbox = std::getenv("SDSTACK_SANDBOX"); sandbox != nullptr && std::string(sandbox) == "0") {
     parsed.options.sandbox = false;
   }
@@ -116,6 +130,9 @@ base::Result<RunArguments> parse_run_arguments(int argc, char** argv) {
     } else if (flag == "--backend") {
       o.remote = true;
       o.backend = value;
+    } else if (flag == "--time") {
+      SD_ASSIGN_OR_RETURN(int seconds, duration_option(flag, value));
+      o.time_limit_seconds = seconds;
     } else if (flag == "--retry") {
       SD_ASSIGN_OR_RETURN(int retries, count_option(flag, value));
       o.retries = retries;
@@ -149,7 +166,7 @@ base::Result<RunArguments> parse_run_arguments(int argc, char** argv) {
       return base::invalid_argument("unknown option '" + arg + "' before the workflow's name" +
                                     base::did_you_mean(arg, {"--detach", "--tag", "--env", "--cpu", "--memory",
                                                              "--gpu", "--gpu-name", "--gpu-memory", "--shm-size",
-                                                             "--no-sandbox", "--stop-grace", "--remote", "--backend", "--retry",
+                                                             "--no-sandbox", "--stop-grace", "--remote", "--backend", "--retry", "--time",
                                                              "--help"}));
     } else {
       o.args.push_back(arg);

@@ -12,6 +12,9 @@
 #include <filesystem>
 #include <iostream>
 #include <iterator>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -186,7 +189,27 @@ int run_agent(const std::string& run_dir, const AgentSecrets& secrets) {
   auto job = Job::start(spec, log->get());
   if (!job.is_ok()) return fail(job.status().message());
   attach_stop_signals(job->get());
+  // The time limit: a graceful stop when it passes, as Slurm's --time does.
+  std::mutex mutex;
+  std::condition_variable job_ended;
+  bool over = false, timed_out = false;
+  std::thread timer;
+  if (plan->time_limit_seconds > 0) {
+    timer = std::thread([&] {
+      std::unique_lock<std::mutex> lock(mutex);
+      if (job_ended.wait_for(lock, std::chrono::seconds(plan->time_limit_seconds), [&] { return over; })) return;
+      timed_out = true;
+      (void)(*log)->sys("time limit of " + std::to_string(plan->time_limit_seconds) + " s reached: stopping");
+      (*job)->request_stop();
+    });
+  }
   auto ended = (*job)->wait();
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    over = true;
+  }
+  job_ended.notify_all();
+  if (timer.joinable()) timer.join();
   attach_stop_signals(nullptr);
   if (!ended.is_ok()) return fail(ended.status().message());
 
@@ -211,7 +234,10 @@ int run_agent(const std::string& run_dir, const AgentSecrets& secrets) {
     (void)(*log)->sys("artifacts saved" + std::string(plan->s3 ? " to S3" : "") + ": " +
                       std::to_string(saved->entries.size()) + " entries, " + format_bytes(saved->total_bytes));
   }
-  if (ended->stopped) {
+  if (timed_out) {
+    result.status = "failed";
+    result.reason = "time limit of " + std::to_string(plan->time_limit_seconds) + " s reached";
+  } else if (ended->stopped) {
     result.status = "stopped";
     result.reason = "stopped by the user";
   } else if (ended->exit_code != 0) {
@@ -336,6 +362,7 @@ std::string remote_plan_to_json(const RemotePlan& plan) {
               {"artifact_paths", plan.artifact_paths},
               {"artifact_key", plan.artifact_key},
               {"grace_seconds", plan.grace_seconds},
+              {"time_limit_seconds", plan.time_limit_seconds},
               {"secret_names", plan.secret_names},
               {"s3", s3_to_json(plan.s3)},
               {"s3_deps", plan.s3_deps}}
@@ -353,6 +380,7 @@ Result<RemotePlan> remote_plan_from_json(const std::string& text) {
     plan.artifact_paths = j.at("artifact_paths").get<std::vector<std::string>>();
     plan.artifact_key = j.at("artifact_key");
     plan.grace_seconds = j.at("grace_seconds");
+    plan.time_limit_seconds = j.value("time_limit_seconds", 0);
     plan.secret_names = j.at("secret_names").get<std::vector<std::string>>();
     if (!j.at("s3").is_null()) {
       const json& s3 = j.at("s3");

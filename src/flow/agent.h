@@ -30,6 +30,7 @@ struct RemotePlan {
   std::vector<std::string> artifact_paths;
   std::string artifact_key;
   int grace_seconds = 10;
+  int time_limit_seconds = 0;              // past it the job is stopped gracefully and fails; 0: none
   std::vector<std::string> secret_names;   // their values come with the start request, never on disk
   std::optional<S3StoreConfig> s3;         // artifacts go there (and deps come from there)
   std::vector<std::string> s3_deps;        // artifact keys restored from S3 into the work dir first

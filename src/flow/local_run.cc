@@ -137,6 +137,7 @@ nlohmann::json plan_to_json(const JobPlan& plan) {
           {"app_port", plan.app_port},
           {"offers", plan.offers},
           {"retries", plan.retries},
+          {"time_limit_seconds", plan.time_limit_seconds},
           {"resources",
            {{"cpu", plan.resources.cpu},
             {"memory_bytes", plan.resources.memory_bytes},
@@ -170,6 +171,7 @@ Result<JobPlan> read_plan(const std::string& path) {
     plan.app_port = json.at("app_port");
     plan.offers = json.value("offers", std::vector<std::string>());
     plan.retries = json.value("retries", 0);
+    plan.time_limit_seconds = json.value("time_limit_seconds", 0);
     if (json.contains("resources")) {
       const nlohmann::json& resources = json.at("resources");
       plan.resources.cpu = resources.at("cpu");
@@ -447,6 +449,7 @@ Result<JobPlan> submit_run(const Project& project, const std::vector<WorkflowSpe
   plan.grace_seconds = options.grace_seconds;
   plan.offers = offers;
   plan.retries = options.retries;
+  plan.time_limit_seconds = options.time_limit_seconds;
   plan.resources = resources;
 
   std::error_code error;

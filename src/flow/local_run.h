@@ -53,6 +53,7 @@ struct RunOptions {
   bool remote = false;
   std::string backend;
   int retries = 0;
+  int time_limit_seconds = 0;  // --time: remote runs are stopped past it (Slurm: sbatch --time); 0: none
 };
 
 // What the supervisor runs: written to the run's job.json at submission.
@@ -77,6 +78,7 @@ struct JobPlan {
   // deps' artifact keys the remote fetches from the S3 store itself.
   std::vector<std::string> offers;
   int retries = 0;
+  int time_limit_seconds = 0;
   Resources resources;
   std::vector<std::string> s3_deps;
 };

@@ -270,6 +270,7 @@ class RemoteSupervisor {
     remote.artifact_paths = plan_.artifact_paths;
     remote.artifact_key = artifact_key(plan_.project_dir, plan_.run);
     remote.grace_seconds = plan_.grace_seconds;
+    remote.time_limit_seconds = plan_.time_limit_seconds;
     remote.secret_names = secret_names_;
     remote.s3 = config_.artifacts;
     remote.s3_deps = plan_.s3_deps;
@@ -294,6 +295,7 @@ class RemoteSupervisor {
     request.memory_bytes = wanted.memory_bytes;
     request.gpu_count = wanted.gpu.count;
     request.gpu_name = wanted.gpu.name;
+    request.time_limit_minutes = (plan_.time_limit_seconds + 59) / 60;  // Slurm counts minutes
     request.work_dir = run_dir;
     request.output_path = run_dir + "/slurm.out";
     request.script_path = script_path;

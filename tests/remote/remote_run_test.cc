@@ -153,6 +153,24 @@ TEST_F(RemoteRunTest, LogsStreamAndStopReachesTheSshHost) {
   EXPECT_EQ(*base::read_file(download.file("out/state")), "stopped\n");
 }
 
+TEST_F(RemoteRunTest, TimeLimitStopsTheJob) {
+  SDSTACK_REQUIRE_ENGINE(hosts, "ssh_hosts");
+  configure_hosts(hosts);
+  write_workflows(
+      "workflows:\n"
+      "  - name: forever\n"
+      "    commands:\n"
+      "      - trap 'echo got-term; exit 0' TERM\n"
+      "      - sleep 600 & wait\n");
+  ASSERT_EQ(sd({"init"}).exit_code, 0);
+  EXPECT_EQ(sd({"run", "forever", "--remote", "--time", "soon"}).exit_code, 2);
+  CommandResult run = sd({"run", "forever", "--remote", "--time", "3s"});
+  EXPECT_EQ(run.exit_code, 1);
+  EXPECT_TRUE(contains(run.out, "got-term")) << run.out;
+  EXPECT_TRUE(contains(run.err, "time limit of 3 s reached")) << run.err;
+  EXPECT_EQ(status_of(last_run("forever")), "failed");
+}
+
 TEST_F(RemoteRunTest, SecretsReachTheHostButNoLogOrDisk) {
   SDSTACK_REQUIRE_ENGINE(hosts, "ssh_hosts");
   configure_hosts(hosts);
