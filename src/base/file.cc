@@ -88,6 +88,21 @@ Status AtomicFileWriter::commit() {
   return Status::ok();
 }
 
+Status write_all(int fd, std::string_view bytes, const std::string& name) {
+  const char* data = bytes.data();
+  size_t left = bytes.size();
+  while (left > 0) {
+    ssize_t n = ::write(fd, data, left);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return io_error(name + ": cannot write: " + std::strerror(errno));
+    }
+    data += n;
+    left -= static_cast<size_t>(n);
+  }
+  return Status::ok();
+}
+
 Status write_file_atomic(const std::string& path, std::string_view contents) {
   AtomicFileWriter file(path);
   SD_RETURN_IF_ERROR(file.open());

@@ -38,6 +38,10 @@ class AtomicFileWriter {
   int fd_ = -1;
 };
 
+// Writes all of `bytes` to `fd`, retrying short writes and EINTR. An error reads
+// "NAME: cannot write: <OS reason>".
+Status write_all(int fd, std::string_view bytes, const std::string& name);
+
 // Writes `contents` to `path` atomically: a temporary file in the same folder is written,
 // flushed to disk and renamed over `path`, so readers never see a half-written file.
 Status write_file_atomic(const std::string& path, std::string_view contents);

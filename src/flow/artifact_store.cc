@@ -123,18 +123,6 @@ class TemporaryFile {
   int fd_ = -1;
 };
 
-Status write_all(int fd, const char* data, size_t size, const std::string& name) {
-  while (size > 0) {
-    ssize_t n = ::write(fd, data, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return base::io_error(os_error("cannot write", name));
-    }
-    data += n;
-    size -= static_cast<size_t>(n);
-  }
-  return Status::ok();
-}
 
 // Feeds all of the open file `fd` to `hasher`, reading from offset 0 without moving the file offset.
 Status hash_whole_file(int fd, const std::string& name, base::Sha256* hasher) {
@@ -176,7 +164,7 @@ Result<int64_t> copy_contents(int from, const std::string& from_name, int to, co
     }
     if (n == 0) return copied;
     if (hasher != nullptr) hasher->update(buffer.data(), static_cast<size_t>(n));
-    SD_RETURN_IF_ERROR(write_all(to, buffer.data(), static_cast<size_t>(n), to_name));
+    SD_RETURN_IF_ERROR(base::write_all(to, std::string_view(buffer.data(), static_cast<size_t>(n)), to_name));
     copied += n;
   }
 }

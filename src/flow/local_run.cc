@@ -632,10 +632,7 @@ int supervise(const StoreLayout& layout, const std::string& project_dir, const s
   if (plan.is_ok() && !plan->offers.empty()) return supervise_remote(layout, project_dir, run, *plan);
   auto log = LogWriter::open(base::join_path(run_dir, "log"));
   auto fail = [&](const std::string& reason) {
-    if (log.is_ok()) (void)(*log)->sys("failed: " + reason);
-    (void)(*store)->transition(project_dir, run, {RunStatus::kSubmitted, RunStatus::kRunning, RunStatus::kUploading},
-                               RunStatus::kFailed, std::nullopt, reason);
-    return 1;
+    return fail_run(**store, log.is_ok() ? log->get() : nullptr, project_dir, run, reason);
   };
   if (!log.is_ok()) return fail(log.status().message());
   if (!plan.is_ok()) return fail(plan.status().message());
@@ -701,6 +698,14 @@ int supervise(const StoreLayout& layout, const std::string& project_dir, const s
   (void)(*log)->sys(std::string(run_status_name(status)) + (reason.empty() ? "" : ": " + reason));
   (void)(*store)->transition(project_dir, run, {RunStatus::kUploading}, status, result->exit_code, reason);
   return 0;
+}
+
+int fail_run(RunStore& store, LogWriter* log, const std::string& project_dir, const std::string& run,
+             const std::string& reason) {
+  if (log != nullptr) (void)log->sys("failed: " + reason);
+  (void)store.transition(project_dir, run, {RunStatus::kSubmitted, RunStatus::kRunning, RunStatus::kUploading},
+                         RunStatus::kFailed, std::nullopt, reason);
+  return 1;
 }
 
 bool process_alive(int64_t pid) {

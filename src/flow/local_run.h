@@ -18,6 +18,7 @@
 #include "flow/artifact_store.h"
 #include "flow/machine.h"
 #include "flow/project.h"
+#include "flow/run_log.h"
 #include "flow/run_store.h"
 #include "flow/spec.h"
 
@@ -107,6 +108,11 @@ base::Status reap_lost_runs(const std::string& project_dir, const StoreLayout& l
 // saved) or, with `abort`, at once and without artifacts. A submitted run that has not started is
 // stopped/aborted in its record. Error when the run has already finished.
 base::Status request_stop(const RunRecord& run, bool abort, RunStore& store);
+
+// A supervisor's way out when the run cannot go on: "failed: REASON" in the log (when there is one)
+// and the record, from whatever active state it is in. Returns the supervisor's exit status (1).
+int fail_run(RunStore& store, LogWriter* log, const std::string& project_dir, const std::string& run,
+             const std::string& reason);
 
 // Whether a process with this pid exists and is not a zombie.
 bool process_alive(int64_t pid);

@@ -79,13 +79,7 @@ Result<ProcessOutput> RemoteHost::run_with_input(const std::string& command, con
                                                  int timeout_seconds) const {
   base::UniqueFd memory(memfd_create("sdstack-input", MFD_CLOEXEC));
   if (!memory.valid()) return base::io_error(std::string("memfd_create: ") + std::strerror(errno));
-  size_t written = 0;
-  while (written < input.size()) {
-    ssize_t n = ::write(memory.get(), input.data() + written, input.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return base::io_error(std::string("writing a command's input: ") + std::strerror(errno));
-    written += static_cast<size_t>(n);
-  }
+  SD_RETURN_IF_ERROR(base::write_all(memory.get(), input, "a command's input"));
   ::lseek(memory.get(), 0, SEEK_SET);
   return run(command, memory.get(), -1, timeout_seconds);
 }

@@ -551,10 +551,7 @@ int supervise_remote(const StoreLayout& layout, const std::string& project_dir, 
   if (!store.is_ok()) return 1;
   auto log = LogWriter::open(plan.log_path);
   auto fail = [&](const std::string& reason) {
-    if (log.is_ok()) (void)(*log)->sys("failed: " + reason);
-    (void)(*store)->transition(project_dir, run, {RunStatus::kSubmitted, RunStatus::kRunning, RunStatus::kUploading},
-                               RunStatus::kFailed, std::nullopt, reason);
-    return 1;
+    return fail_run(**store, log.is_ok() ? log->get() : nullptr, project_dir, run, reason);
   };
   if (!log.is_ok()) return fail(log.status().message());
   auto config = load_config(config_path(layout));

@@ -293,18 +293,7 @@ Status LogWriter::append_lines(std::string_view lines) {
 
 Status LogWriter::write_all(const std::string& bytes) {
   // One write(2) for all the lines; O_APPEND makes it land whole at the end of the file.
-  const char* data = bytes.data();
-  size_t left = bytes.size();
-  while (left > 0) {
-    ssize_t n = ::write(fd_, data, left);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return base::io_error(path_ + ": cannot write the log: " + std::strerror(errno));
-    }
-    data += n;
-    left -= static_cast<size_t>(n);
-  }
-  return Status::ok();
+  return base::write_all(fd_, bytes, path_);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -165,18 +165,6 @@ bool is_retryable(CURLcode code) {
   }
 }
 
-Status write_all(int fd, const char* data, size_t size, const std::string& name) {
-  while (size > 0) {
-    ssize_t n = ::write(fd, data, size);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return base::io_error(os_error("cannot write", name));
-    }
-    data += n;
-    size -= static_cast<size_t>(n);
-  }
-  return Status::ok();
-}
 
 // Hashes the open file `fd` from offset 0 and returns its digest and size.
 Result<std::pair<std::string, int64_t>> hash_file(int fd, const std::string& name) {
@@ -401,7 +389,7 @@ size_t on_write(char* data, size_t size, size_t count, void* user) {
   long status = 0;
   curl_easy_getinfo(transfer->curl, CURLINFO_RESPONSE_CODE, &status);
   if (status >= 200 && status < 300 && transfer->download_fd >= 0) {
-    transfer->write_status = write_all(transfer->download_fd, data, bytes, transfer->download_name);
+    transfer->write_status = base::write_all(transfer->download_fd, std::string_view(data, bytes), transfer->download_name);
     if (!transfer->write_status.is_ok()) return 0;  // aborts the transfer
   } else if (status >= 200 && status < 300) {
     transfer->body->append(data, bytes);
