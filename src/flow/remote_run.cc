@@ -362,7 +362,7 @@ class RemoteSupervisor {
           if (poll->state == AgentPoll::State::kFinished && poll->log.empty()) {
             outcome.ending = Attempt::Ending::kFinished;
             outcome.result = *poll->result;
-            if (!job_id.empty()) override_with_slurm_cause(host, backend, job_id, &outcome);
+            if (!job_id.empty()) override_with_slurm_cause(host, backend, job_id, sent_request > 0, &outcome);
             return outcome;
           }
           if (poll->state == AgentPoll::State::kGone && poll->log.empty() && job_id.empty()) {
@@ -402,14 +402,18 @@ class RemoteSupervisor {
   }
 
   // Slurm knows better than the agent why a job's process died (the memory limit's kill, say).
+  // A stop sdstack did not send came from Slurm (scancel by someone else, the time limit, a
+  // preemption): the run failed, for Slurm's reason.
   void override_with_slurm_cause(const RemoteHost& host, const BackendConfig& backend, const std::string& job_id,
-                                 Attempt* outcome) {
-    if (outcome->result.status != "failed") return;
+                                 bool we_stopped, Attempt* outcome) {
+    bool stopped_by_slurm = outcome->result.status == "stopped" && !we_stopped;
+    if (outcome->result.status != "failed" && !stopped_by_slurm) return;
     for (int tries = 0; tries < 10; ++tries) {
       auto state = slurm_state(host, backend, job_id);
       if (state.is_ok() && state->phase == SlurmJobState::Phase::kFinished) {
         if (state->cause != SlurmJobState::Cause::kNone && state->cause != SlurmJobState::Cause::kFailed) {
           outcome->result.reason = "Slurm job " + job_id + ": " + state->describe();
+          if (stopped_by_slurm) outcome->result.status = "failed";
         }
         return;
       }

@@ -267,6 +267,26 @@ TEST_F(RemoteRunTest, SlurmStopAndOutOfMemory) {
   EXPECT_TRUE(contains(log, "out of memory")) << log;
 }
 
+TEST_F(RemoteRunTest, SlurmJobCancelledOutsideSdstackFailsWithItsReason) {
+  SDSTACK_REQUIRE_ENGINE(slurm, "slurm");
+  configure_slurm(slurm);
+  write_workflows("workflows:\n  - name: long\n    commands:\n      - for i in $(seq 1 600); do echo tick $i; sleep 0.2; done\n");
+  ASSERT_EQ(sd({"init"}).exit_code, 0);
+  std::string run = detached({"long", "--remote"});
+  ASSERT_TRUE(wait_for([&] { return contains(logs(run), "tick 3"); }, 90)) << logs(run);
+  std::string log = logs(run);
+  size_t at = log.find("as job ");
+  ASSERT_NE(at, std::string::npos) << log;
+  std::string job = log.substr(at + 7, log.find('\n', at) - at - 7);
+  std::vector<std::string> env = {"SLURM_CONF=" + slurm.at("SLURM_CONF"), "PATH=/usr/bin:/bin"};
+  auto cancelled = base::run_process({"scancel", job}, "", &env);
+  ASSERT_TRUE(cancelled.is_ok());
+  ASSERT_EQ(cancelled->exit_code, 0) << cancelled->err;
+  ASSERT_TRUE(wait_for([&] { return finished(run); }, 60)) << logs(run);
+  EXPECT_EQ(status_of(run), "failed") << logs(run);
+  EXPECT_TRUE(contains(logs(run), "Slurm job " + job + ": cancel")) << logs(run);
+}
+
 TEST_F(RemoteRunTest, ArtifactsGoThroughS3) {
   SDSTACK_REQUIRE_ENGINE(hosts, "ssh_hosts");
   SDSTACK_REQUIRE_ENGINE(swift, "swift");
