@@ -41,6 +41,13 @@ void print_table(const pipeline::BenchResult& result) {
     std::printf("%-6s %-28s %10.4f %10.2f %10.1f %7.1f%%\n", bench.name.c_str(), bench.workload.c_str(), bench.median_s,
                 bench.gflop, bench.gflops, bench.pct_of_peak);
   }
+  if (result.generate) {
+    const pipeline::GenerateBench& generate = *result.generate;
+    std::printf("\ngenerate, %d steps (%d UNet calls): %.2f s; predicted from the components %.2f s; ratio %.3f\n",
+                generate.steps, generate.unet_calls, generate.seconds, generate.predicted_s, generate.overhead_ratio);
+    std::printf("  load %.2f s, encode %.2f s, denoise %.2f s, decode %.2f s\n", generate.stages.load_s,
+                generate.stages.encode_s, generate.stages.denoise_s, generate.stages.decode_s);
+  }
   std::printf("\npeak RSS: %.0f MB\n", result.peak_rss_mb);
 }
 
@@ -69,6 +76,10 @@ int run_bench(int argc, char** argv) {
       ->check(CLI::Range(1, 1000));
   app.add_option("--threads", options.threads, "CPU threads (default: all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--components", components, "Which to run, comma-separated: clip, unet, vae")->capture_default_str();
+  app.add_option("--generate-steps", options.generate_steps,
+                 "Also time one whole generate of N steps (as 'sdstack generate' runs it, models loaded per\n"
+                 "stage) against the sum of the components' medians; needs --model")
+      ->check(CLI::Range(1, 1000));
   app.add_flag("--json", json, "Print the results as JSON");
   if (int status = parse_arguments(app, argc, argv); status >= 0) return status;
 

@@ -156,7 +156,10 @@ int run_generate(int argc, char** argv) {
   const tensor::DType compute_dtype = dtype == "bf16" ? tensor::DType::kBF16 : tensor::DType::kF32;
   auto backend = backend::make_backend(backend_name, {.threads = threads, .compute_dtype = compute_dtype});
   if (!backend.is_ok()) return report(backend.status());
-  auto pipeline = pipeline::StableDiffusionPipeline::load(*model_dir, **backend, variant);
+  // One generate() per process: each model is loaded for its stage and freed after it, so peak
+  // memory is the UNet's alone.
+  auto pipeline = pipeline::StableDiffusionPipeline::load(
+      *model_dir, **backend, {.variant = variant, .residency = pipeline::Residency::kOneAtATime});
   if (!pipeline.is_ok()) return report(pipeline.status());
   if (base::Status status = make_directories(output); !status.is_ok()) return report(status);
 

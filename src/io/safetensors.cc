@@ -1,7 +1,11 @@
 // safetensors: header validation over a memory map, tensor views into it, and an atomic writer.
 #include "io/safetensors.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <optional>
@@ -276,6 +280,15 @@ Tensor SafetensorsFile::tensor(const TensorInfo& info) const {
   // Aliasing constructor: the view owns a share of the mapping but points at this tensor's bytes.
   std::shared_ptr<const void> keepalive(file_, data);
   return Tensor::borrow(std::move(keepalive), data, info.shape, info.dtype);
+}
+
+void SafetensorsFile::release(const TensorInfo& info) const {
+  if (info.end == info.begin) return;
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(file_->data() + data_offset_ + info.begin) & ~(page - 1);
+  const uintptr_t end = reinterpret_cast<uintptr_t>(file_->data() + data_offset_ + info.end);
+  // Only a hint: on failure the pages stay resident until the file is unmapped, which is correct.
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 Status unreadable_tensor_error(const std::string& file, const UnreadableTensor& info) {

@@ -59,6 +59,12 @@ class SafetensorsFile {
   const TensorInfo* find(const std::string& name) const;
   // A read-only view into the mapping; it keeps the file mapped while it lives.
   Tensor tensor(const TensorInfo& info) const;
+  // Drops the pages holding this tensor's bytes from the process's memory (madvise DONTNEED),
+  // for a caller that has copied the tensor into its own buffers. Views stay valid: a later read
+  // faults the pages back in from the file. Pages shared with a neighbouring tensor go too (they
+  // come back the same way). Without it every mapped page read while loading stays resident, next
+  // to its converted copy, until the file is unmapped.
+  void release(const TensorInfo& info) const;
 
   // Tensors in dtypes sdstack does not read, in the order of their offsets.
   const std::vector<UnreadableTensor>& unreadable_tensors() const { return unreadable_; }

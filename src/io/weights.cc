@@ -24,6 +24,8 @@ std::string module_prefix(const std::string& name) {
 
 WeightSource::~WeightSource() = default;
 
+void WeightSource::release(const std::string&) const {}
+
 std::string display_path(const std::string& path) {
   std::string trimmed = path;
   while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();
@@ -104,6 +106,11 @@ base::Result<Tensor> WeightSet::get(const std::string& name) const {
     hint = base::did_you_mean(name, names());
   }
   return base::not_found(source() + ": missing tensor '" + name + "'" + hint);
+}
+
+void WeightSet::release(const std::string& name) const {
+  auto it = index_.find(name);
+  if (it != index_.end()) files_[it->second.first]->release(*it->second.second);
 }
 
 base::Result<Tensor> WeightSet::get(const std::string& name, const Shape& expected) const {

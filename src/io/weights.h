@@ -32,6 +32,10 @@ class WeightSource {
   virtual base::Result<Tensor> get(const std::string& name) const = 0;
   // A human description for messages ("unet/diffusion_pytorch_model.safetensors").
   virtual std::string source() const = 0;
+  // Says the caller has copied the tensor into its own buffers and will not read it soon: a
+  // source backed by a mapped file drops the tensor's pages from memory. Views handed out stay
+  // valid (reading them brings the pages back). The default does nothing.
+  virtual void release(const std::string& name) const;
 
  protected:
   // Copied and moved only as part of an implementation (no slicing through the interface).
@@ -59,6 +63,9 @@ class WeightSet : public WeightSource {
   // The tensor with whatever shape it has. A tensor stored in a dtype sdstack does not read
   // (I64, F64, ...) is an error naming it and its dtype.
   base::Result<Tensor> get(const std::string& name) const override;
+  // Drops the tensor's pages of the mapped file from memory (SafetensorsFile::release); an
+  // unknown name is ignored.
+  void release(const std::string& name) const override;
 
  private:
   std::vector<std::shared_ptr<SafetensorsFile>> files_;

@@ -49,9 +49,9 @@ Result<ResnetBlock2D> ResnetBlock2D::load(WeightLoader& load, const std::string&
 Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor& silu_temb) const {
   Backend& backend = *backend_;
   const int64_t out = options_.out_channels;
-  // x: [N, H, W, in]
-  Tensor normed = Tensor::empty(x.shape());
-  backend.group_norm(x, norm1_.gamma, norm1_.beta, options_.groups, options_.eps, Activation::kSiLU, normed);
+  // Each buffer lives only while it is needed: the VAE decoder runs these blocks on
+  // [1, 512, 512, 256] activations (268 MB each in f32), so every one held past its last use
+  // adds to the peak memory of a 512x512 decode.
 
   // h = conv1(silu(norm1(x))) + time_emb_proj(silu(temb)): the projected time embedding, the same
   // for every image of the batch, is one more bias of conv1.
@@ -63,18 +63,22 @@ Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor& silu_temb) const {
     conv1_extras.extra_bias = time_bias.reshape({out});
   }
   Tensor h = Tensor::empty(with_channels(x, out));  // [N, H, W, out]
-  conv1_->run(normed, h, conv1_extras);
+  {
+    Tensor normed = Tensor::empty(x.shape());  // [N, H, W, in], freed once conv1 has read it
+    backend.group_norm(x, norm1_.gamma, norm1_.beta, options_.groups, options_.eps, Activation::kSiLU, normed);
+    conv1_->run(normed, h, conv1_extras);
+  }
   backend.group_norm(h, norm2_.gamma, norm2_.beta, options_.groups, options_.eps, Activation::kSiLU, h);
 
-  // y = shortcut(x) + conv2(h), the residual fused into conv2.
-  Tensor shortcut = x;
-  if (conv_shortcut_ != nullptr) {
-    shortcut = Tensor::empty(with_channels(x, out));
-    conv_shortcut_->run(x, shortcut);
-  }
-  Tensor y = Tensor::empty(with_channels(x, out));
+  // y = shortcut(x) + conv2(h), the residual fused into conv2. A 1x1 shortcut is written straight
+  // into y, which conv2 then accumulates onto (the residual may alias the output).
+  Tensor y = Tensor::empty(with_channels(x, out));  // [N, H, W, out]
   Conv2dExtras conv2_extras;
-  conv2_extras.residual = shortcut;
+  conv2_extras.residual = x;
+  if (conv_shortcut_ != nullptr) {
+    conv_shortcut_->run(x, y);
+    conv2_extras.residual = y;
+  }
   conv2_->run(h, y, conv2_extras);
   if (options_.output_scale_factor != 1.0f) backend.scale(y, 1.0f / options_.output_scale_factor, y);
   return y;
@@ -193,7 +197,7 @@ Result<Transformer2DModel> Transformer2DModel::load(WeightLoader& load, const st
     if (options.use_linear_projection) return load.linear(prefix + "." + name, c, c);
     SD_ASSIGN_OR_RETURN(Tensor weight, load.raw(prefix + "." + name + ".weight", {c, c, 1, 1}));
     SD_ASSIGN_OR_RETURN(Tensor bias, load.raw(prefix + "." + name + ".bias", {c}));
-    return load.backend().make_linear(weight.reshape({c, c}), bias);
+    return load.prepared_linear(prefix + "." + name, weight.reshape({c, c}), bias);
   };
   SD_ASSIGN_OR_RETURN(model.proj_in_, projection("proj_in"));
 
@@ -226,10 +230,13 @@ Tensor Transformer2DModel::forward(const Tensor& x, const Tensor& context) const
   assert(x.dim(3) == c && context.dim(0) == n && context.dim(2) == options_.cross_attention_dim);
 
   // h = proj_in(norm(x)): x: [N, H, W, C] -> h: [N, H*W, C]
-  Tensor normed = Tensor::empty(x.shape());
-  backend.group_norm(x, norm_.gamma, norm_.beta, options_.groups, kTransformerGroupNormEps, Activation::kNone, normed);
   Tensor h = Tensor::empty({n, length, c});
-  proj_in_->run(normed.reshape({n, length, c}), h);
+  {
+    Tensor normed = Tensor::empty(x.shape());  // freed once proj_in has read it
+    backend.group_norm(x, norm_.gamma, norm_.beta, options_.groups, kTransformerGroupNormEps, Activation::kNone,
+                       normed);
+    proj_in_->run(normed.reshape({n, length, c}), h);
+  }
 
   // Buffers shared by the blocks.
   Tensor h_normed = Tensor::empty({n, length, c});
@@ -282,7 +289,7 @@ Result<std::unique_ptr<backend::Linear>> load_linear_or_1x1(const io::WeightSour
       if (bias) {
         SD_ASSIGN_OR_RETURN(bias_tensor, load.raw(prefix + ".bias", {out}));
       }
-      return load.backend().make_linear(stored.reshape({out, in}), bias_tensor);
+      return load.prepared_linear(prefix, stored.reshape({out, in}), bias_tensor);
     }
   }
   return load.linear(prefix, in, out, bias);  // [out, in], or the error naming the tensor and both shapes

@@ -190,15 +190,16 @@ AutoencoderKL::AutoencoderKL(const AutoencoderKLConfig& config, Backend& backend
 AutoencoderKL::~AutoencoderKL() = default;
 
 Result<std::unique_ptr<AutoencoderKL>> AutoencoderKL::load(const io::ModelFolder& folder, Backend& backend,
-                                                           const std::string& variant) {
+                                                           const std::string& variant, Parts parts) {
   SD_ASSIGN_OR_RETURN(nlohmann::json json, folder.config("vae"));
   SD_ASSIGN_OR_RETURN(AutoencoderKLConfig config, AutoencoderKLConfig::from_json(json, "vae/config.json"));
   SD_ASSIGN_OR_RETURN(io::WeightSet weights, folder.weights("vae", variant));
-  return create(config, weights, backend);
+  return create(config, weights, backend, parts);
 }
 
 Result<std::unique_ptr<AutoencoderKL>> AutoencoderKL::create(const AutoencoderKLConfig& config,
-                                                             const io::WeightSource& weights, Backend& backend) {
+                                                             const io::WeightSource& weights, Backend& backend,
+                                                             Parts parts) {
   std::unique_ptr<AutoencoderKL> model(new AutoencoderKL(config, backend));
   WeightLoader load(weights, backend);
   const std::vector<int64_t>& channels = config.block_out_channels;
@@ -211,31 +212,34 @@ Result<std::unique_ptr<AutoencoderKL>> AutoencoderKL::create(const AutoencoderKL
 
   // Encoder: conv_in, down blocks channels[i - 1] -> channels[i] (halving but in the last block),
   // mid block, conv_norm_out + SiLU, conv_out to 2 * latent (double_z).
-  auto encoder = std::make_unique<Encoder>();
-  SD_ASSIGN_OR_RETURN(encoder->conv_in, load.conv2d("encoder.conv_in", config.in_channels, channels[0], 3, same));
-  int64_t out_channels = channels[0];
-  for (size_t i = 0; i < blocks; ++i) {
-    const std::string prefix = "encoder.down_blocks." + std::to_string(i);
-    const int64_t in_channels = out_channels;
-    out_channels = channels[i];
-    ResampleBlock block;
-    for (int64_t j = 0; j < config.layers_per_block; ++j) {
-      SD_ASSIGN_OR_RETURN(ResnetBlock2D r, resnet(prefix + ".resnets." + std::to_string(j),
-                                                  j == 0 ? in_channels : out_channels, out_channels));
-      block.resnets.push_back(std::move(r));
+  if (parts == Parts::kEncoderAndDecoder) {
+    auto encoder = std::make_unique<Encoder>();
+    SD_ASSIGN_OR_RETURN(encoder->conv_in, load.conv2d("encoder.conv_in", config.in_channels, channels[0], 3, same));
+    int64_t out_channels = channels[0];
+    for (size_t i = 0; i < blocks; ++i) {
+      const std::string prefix = "encoder.down_blocks." + std::to_string(i);
+      const int64_t in_channels = out_channels;
+      out_channels = channels[i];
+      ResampleBlock block;
+      for (int64_t j = 0; j < config.layers_per_block; ++j) {
+        SD_ASSIGN_OR_RETURN(ResnetBlock2D r, resnet(prefix + ".resnets." + std::to_string(j),
+                                                    j == 0 ? in_channels : out_channels, out_channels));
+        block.resnets.push_back(std::move(r));
+      }
+      if (i + 1 < blocks) {  // Downsample2D(padding=0): zero pad right and bottom, 3x3 stride 2
+        SD_ASSIGN_OR_RETURN(Downsample2D d, Downsample2D::load(load, prefix + ".downsamplers.0", out_channels, 0));
+        block.downsampler = std::make_unique<Downsample2D>(std::move(d));
+      }
+      encoder->down_blocks.push_back(std::move(block));
     }
-    if (i + 1 < blocks) {  // Downsample2D(padding=0): zero pad right and bottom, 3x3 stride 2
-      SD_ASSIGN_OR_RETURN(Downsample2D d, Downsample2D::load(load, prefix + ".downsamplers.0", out_channels, 0));
-      block.downsampler = std::make_unique<Downsample2D>(std::move(d));
+    SD_ASSIGN_OR_RETURN(encoder->mid_block,
+                        MidBlock::load(weights, load, "encoder.mid_block", channels.back(), config));
+    SD_ASSIGN_OR_RETURN(encoder->conv_norm_out, load.norm("encoder.conv_norm_out", channels.back()));
+    SD_ASSIGN_OR_RETURN(encoder->conv_out, load.conv2d("encoder.conv_out", channels.back(), 2 * latent, 3, same));
+    model->encoder_ = std::move(encoder);
+    if (config.use_quant_conv) {
+      SD_ASSIGN_OR_RETURN(model->quant_conv_, load.conv2d("quant_conv", 2 * latent, 2 * latent, 1, pointwise));
     }
-    encoder->down_blocks.push_back(std::move(block));
-  }
-  SD_ASSIGN_OR_RETURN(encoder->mid_block, MidBlock::load(weights, load, "encoder.mid_block", channels.back(), config));
-  SD_ASSIGN_OR_RETURN(encoder->conv_norm_out, load.norm("encoder.conv_norm_out", channels.back()));
-  SD_ASSIGN_OR_RETURN(encoder->conv_out, load.conv2d("encoder.conv_out", channels.back(), 2 * latent, 3, same));
-  model->encoder_ = std::move(encoder);
-  if (config.use_quant_conv) {
-    SD_ASSIGN_OR_RETURN(model->quant_conv_, load.conv2d("quant_conv", 2 * latent, 2 * latent, 1, pointwise));
   }
 
   // Decoder: post_quant_conv, conv_in to the deepest width, mid block, up blocks over the reversed
@@ -246,7 +250,7 @@ Result<std::unique_ptr<AutoencoderKL>> AutoencoderKL::create(const AutoencoderKL
   auto decoder = std::make_unique<Decoder>();
   SD_ASSIGN_OR_RETURN(decoder->conv_in, load.conv2d("decoder.conv_in", latent, channels.back(), 3, same));
   SD_ASSIGN_OR_RETURN(decoder->mid_block, MidBlock::load(weights, load, "decoder.mid_block", channels.back(), config));
-  out_channels = channels.back();
+  int64_t out_channels = channels.back();
   for (size_t i = 0; i < blocks; ++i) {
     const std::string prefix = "decoder.up_blocks." + std::to_string(i);
     const int64_t in_channels = out_channels;
@@ -304,6 +308,10 @@ Result<LatentDistribution> AutoencoderKL::encode_distribution(const Tensor& imag
   if (image.rank() != 4 || image.dim(3) != config_.in_channels || image.dtype() != tensor::DType::kF32) {
     return base::invalid_argument("vae: image has shape " + image.shape_string() + "; expected f32 [B, H, W, " +
                                   std::to_string(config_.in_channels) + "] (NHWC)");
+  }
+  if (encoder_ == nullptr) {
+    return base::invalid_argument("vae: loaded for decoding only (AutoencoderKL::Parts::kDecoderOnly); load it "
+                                  "with its encoder to encode images");
   }
   const Encoder& encoder = *encoder_;
   const Tensor x = image.is_contiguous() ? image : image.contiguous();

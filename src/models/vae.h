@@ -52,11 +52,16 @@ struct LatentDistribution {
 // weights). Holds a reference to the backend, which must outlive it. Not thread-safe.
 class AutoencoderKL {
  public:
+  // Which halves to load: txt2img only decodes, and the encoder is a third of the weights.
+  enum class Parts { kEncoderAndDecoder, kDecoderOnly };
+
   // Loads `vae/` of a diffusers folder (`variant` "fp16" picks the .fp16 weight files).
   static base::Result<std::unique_ptr<AutoencoderKL>> load(const io::ModelFolder& folder, Backend& backend,
-                                                           const std::string& variant = "");
+                                                           const std::string& variant = "",
+                                                           Parts parts = Parts::kEncoderAndDecoder);
   static base::Result<std::unique_ptr<AutoencoderKL>> create(const AutoencoderKLConfig& config,
-                                                             const io::WeightSource& weights, Backend& backend);
+                                                             const io::WeightSource& weights, Backend& backend,
+                                                             Parts parts = Parts::kEncoderAndDecoder);
   ~AutoencoderKL();
 
   // latents: NHWC [B, h, w, latent_channels], already divided by scaling_factor(). Returns the raw
@@ -65,7 +70,7 @@ class AutoencoderKL {
   base::Result<Tensor> decode(const Tensor& latents);
   // image: NHWC [B, H, W, in_channels] in [-1, 1]. Returns the latent distribution of size
   // [B, H / 2^(n-1), W / 2^(n-1), latent_channels] (each halving rounds down), not yet multiplied by
-  // scaling_factor().
+  // scaling_factor(). Errors: a model loaded with Parts::kDecoderOnly.
   base::Result<LatentDistribution> encode_distribution(const Tensor& image);
   // encode_distribution(image).mean: what diffusers' `latent_dist.mode()` gives.
   base::Result<Tensor> encode(const Tensor& image);

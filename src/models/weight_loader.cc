@@ -10,7 +10,15 @@ base::Result<std::unique_ptr<backend::Linear>> WeightLoader::linear(const std::s
   if (bias) {
     SD_ASSIGN_OR_RETURN(bias_tensor, weights_.get(prefix + ".bias", {out}));
   }
-  return backend_.make_linear(weight, bias_tensor);
+  return prepared_linear(prefix, weight, bias_tensor);
+}
+
+std::unique_ptr<backend::Linear> WeightLoader::prepared_linear(const std::string& prefix, const Tensor& weight,
+                                                               const Tensor& bias) {
+  std::unique_ptr<backend::Linear> layer = backend_.make_linear(weight, bias);
+  weights_.release(prefix + ".weight");
+  if (bias.defined()) weights_.release(prefix + ".bias");
+  return layer;
 }
 
 base::Result<std::unique_ptr<backend::Conv2d>> WeightLoader::conv2d(const std::string& prefix, int64_t in,
@@ -18,7 +26,10 @@ base::Result<std::unique_ptr<backend::Conv2d>> WeightLoader::conv2d(const std::s
                                                                     const backend::Conv2dParams& params) {
   SD_ASSIGN_OR_RETURN(Tensor weight, weights_.get(prefix + ".weight", {out, in, kernel, kernel}));
   SD_ASSIGN_OR_RETURN(Tensor bias, weights_.get(prefix + ".bias", {out}));
-  return backend_.make_conv2d(weight, bias, params);
+  std::unique_ptr<backend::Conv2d> layer = backend_.make_conv2d(weight, bias, params);
+  weights_.release(prefix + ".weight");
+  weights_.release(prefix + ".bias");
+  return layer;
 }
 
 base::Result<NormWeights> WeightLoader::norm(const std::string& prefix, int64_t channels) {
@@ -30,7 +41,9 @@ base::Result<NormWeights> WeightLoader::norm(const std::string& prefix, int64_t 
 
 base::Result<Tensor> WeightLoader::f32(const std::string& name, const Shape& shape) {
   SD_ASSIGN_OR_RETURN(Tensor stored, weights_.get(name, shape));
-  return stored.to(tensor::DType::kF32);
+  Tensor copy = stored.to(tensor::DType::kF32);  // always a copy, so the stored pages can go
+  weights_.release(name);
+  return copy;
 }
 
 base::Result<Tensor> WeightLoader::raw(const std::string& name, const Shape& shape) {

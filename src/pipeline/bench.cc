@@ -244,6 +244,34 @@ base::Status time_runs(int repeat, const std::function<base::Status()>& once, Co
   return base::Status::ok();
 }
 
+// One cold generate() as `sdstack generate` runs it, and what the timed components predict for it.
+Result<GenerateBench> time_generate(const BenchOptions& options, int64_t width, int64_t height,
+                                    backend::Backend& backend, const std::vector<ComponentBench>& components) {
+  auto median_of = [&](const std::string& name) {
+    for (const ComponentBench& bench : components) {
+      if (bench.name == name) return bench.median_s;
+    }
+    return 0.0;
+  };
+  Clock::time_point start = Clock::now();
+  SD_ASSIGN_OR_RETURN(auto pipeline,
+                      StableDiffusionPipeline::load(options.model_dir, backend, {.residency = Residency::kOneAtATime}));
+  GenerateRequest request;
+  request.prompts = {"cats in hats"};
+  request.steps = options.generate_steps;
+  request.width = width;
+  request.height = height;
+  request.seed = 0;
+  GenerateBench bench;
+  SD_ASSIGN_OR_RETURN(GenerateResult generated, pipeline->generate(request, {}, &bench.stages));
+  bench.seconds = seconds_since(start);
+  bench.steps = options.generate_steps;
+  bench.unet_calls = static_cast<int>(bench.stages.step_s.size());
+  bench.predicted_s = bench.unet_calls * median_of("unet") + 2 * median_of("clip") + median_of("vae");
+  bench.overhead_ratio = bench.predicted_s > 0 ? bench.seconds / bench.predicted_s : 0;
+  return bench;
+}
+
 }  // namespace
 
 Result<BenchResult> run_bench(const BenchOptions& options, const BenchProgress& progress) {
@@ -257,6 +285,18 @@ Result<BenchResult> run_bench(const BenchOptions& options, const BenchProgress& 
     }
   }
   if (options.repeat < 1) return base::invalid_argument("repeat must be at least 1");
+  if (options.generate_steps > 0) {
+    if (options.model_dir.empty()) {
+      return base::invalid_argument(
+          "timing generate needs a model folder (--model DIR; sdstack make-model --preset sd15 writes one)");
+    }
+    for (const std::string& name : bench_component_names()) {
+      if (std::find(options.components.begin(), options.components.end(), name) == options.components.end()) {
+        return base::invalid_argument("timing generate needs the clip, unet and vae components to compare with (" +
+                                      name + " is not among them)");
+      }
+    }
+  }
   if (options.compute_dtype != tensor::DType::kF32 && options.compute_dtype != tensor::DType::kBF16) {
     return base::invalid_argument(std::string("compute dtype ") + tensor::dtype_name(options.compute_dtype) +
                                   " is not benchmarked (f32 or bf16)");
@@ -350,7 +390,8 @@ Result<BenchResult> run_bench(const BenchOptions& options, const BenchProgress& 
     bench.gflop = flops / 1e9;
     std::unique_ptr<models::AutoencoderKL> model;
     if (configs.folder) {
-      SD_ASSIGN_OR_RETURN(model, models::AutoencoderKL::load(*configs.folder, *backend));
+      SD_ASSIGN_OR_RETURN(model, models::AutoencoderKL::load(*configs.folder, *backend, "",
+                                                             models::AutoencoderKL::Parts::kDecoderOnly));
     } else {
       SD_ASSIGN_OR_RETURN(model, models::AutoencoderKL::create(vae_config, random_weights, *backend));
       random_weights.clear();
@@ -366,6 +407,11 @@ Result<BenchResult> run_bench(const BenchOptions& options, const BenchProgress& 
   for (ComponentBench& bench : result.components) {
     bench.gflops = bench.median_s > 0 ? bench.gflop / bench.median_s : 0;
     bench.pct_of_peak = *peak > 0 ? 100.0 * bench.gflops / *peak : 0;
+  }
+  if (options.generate_steps > 0) {
+    say("generate: " + std::to_string(options.generate_steps) + " steps");
+    SD_ASSIGN_OR_RETURN(result.generate,
+                        time_generate(options, result.width, result.height, *backend, result.components));
   }
   result.peak_rss_mb = peak_rss_mb();
   return result;
@@ -387,6 +433,18 @@ nlohmann::ordered_json bench_json(const BenchResult& result) {
                               {"pct_of_peak", bench.pct_of_peak}};
   }
   json["components"] = components;
+  if (result.generate) {
+    const GenerateBench& generate = *result.generate;
+    json["generate"] = {{"steps", generate.steps},
+                        {"unet_calls", generate.unet_calls},
+                        {"seconds", generate.seconds},
+                        {"predicted_s", generate.predicted_s},
+                        {"overhead_ratio", generate.overhead_ratio},
+                        {"load_s", generate.stages.load_s},
+                        {"encode_s", generate.stages.encode_s},
+                        {"denoise_s", generate.stages.denoise_s},
+                        {"decode_s", generate.stages.decode_s}};
+  }
   json["peak_rss_mb"] = result.peak_rss_mb;
   return json;
 }

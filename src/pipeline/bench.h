@@ -24,6 +24,7 @@
 #include "models/clip_text_model.h"
 #include "models/unet.h"
 #include "models/vae.h"
+#include "pipeline/stable_diffusion.h"
 #include "tensor/dtype.h"
 
 namespace sdstack::pipeline {
@@ -55,6 +56,10 @@ struct BenchOptions {
   int repeat = 3;   // timed runs per component, after one warm-up run
   int threads = 0;  // 0: all cores
   std::vector<std::string> components = bench_component_names();
+  // > 0: after the components, one whole txt2img run of this many steps through
+  // StableDiffusionPipeline as `sdstack generate` does it (models loaded per stage), compared with
+  // what the components' medians predict. Needs model_dir and all three components.
+  int generate_steps = 0;
 };
 
 struct ComponentBench {
@@ -76,6 +81,20 @@ struct PeakGflops {
   std::optional<double> bf16;
 };
 
+// One cold generate() (batch 1, guidance 7.5, the model's scheduler) against the sum of its parts
+// as the component runs timed them:
+//   predicted_s = unet_calls * unet.median_s + 2 * clip.median_s + vae.median_s
+// (the prompt and the empty negative prompt are encoded separately). Whatever else the run spent
+// time on (loading, first-call setup, scheduler steps, copies between steps) is the overhead.
+struct GenerateBench {
+  int steps = 0;
+  int unet_calls = 0;  // steps, or one more for PNDM's first PLMS step
+  double seconds = 0;  // the whole generate(), wall clock
+  double predicted_s = 0;
+  double overhead_ratio = 0;  // seconds / predicted_s: 1.10 is 10% over the sum of the parts
+  GenerateTimings stages;     // where generate() says the time went
+};
+
 struct BenchResult {
   tensor::DType compute_dtype = tensor::DType::kF32;
   int64_t width = 0;
@@ -84,6 +103,7 @@ struct BenchResult {
   std::string model;  // "random sd15" or the folder
   PeakGflops peak;
   std::vector<ComponentBench> components;
+  std::optional<GenerateBench> generate;  // with BenchOptions::generate_steps
   double peak_rss_mb = 0;  // the process's peak resident memory (getrusage), after everything
 };
 
@@ -93,11 +113,14 @@ using BenchProgress = std::function<void(const std::string& what)>;
 // Measures the peaks, then builds, warms up and times each chosen component in turn (one alive at a
 // time, so peak memory is that of the largest). Errors: an unknown preset or component, a size the
 // model cannot run (not a multiple of the VAE's scale factor, for example), bf16 on a CPU without
-// it, a model folder that does not load. Not thread-safe (it sets the process's thread count).
+// it, a model folder that does not load, generate_steps without a model folder or without all
+// three components. Not thread-safe (it sets the process's thread count).
 base::Result<BenchResult> run_bench(const BenchOptions& options, const BenchProgress& progress = {});
 
 // In this key order: {"dtype": "f32", "width": .., "height": .., "peak_gflops": {"f32": .., "bf16": ..|null},
 //  "components": {"clip": {"median_s": .., "gflop": .., "gflops": .., "pct_of_peak": ..}, ...},
+//  ["generate": {"steps": .., "unet_calls": .., "seconds": .., "predicted_s": .., "overhead_ratio": ..,
+//                "load_s": .., "encode_s": .., "denoise_s": .., "decode_s": ..},]  (with generate_steps)
 //  "peak_rss_mb": ..}
 nlohmann::ordered_json bench_json(const BenchResult& result);
 

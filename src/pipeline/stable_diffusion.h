@@ -55,18 +55,52 @@ struct StepInfo {
 };
 using StepCallback = std::function<void(const StepInfo& step)>;
 
-// Holds the loaded components of one model; load once, generate many times. Not thread-safe.
+// When the pipeline holds its three models (text encoder, UNet, VAE) in memory.
+enum class Residency {
+  // Loaded by load() and kept: generate() again loads nothing. Memory holds all three at once.
+  kAllLoaded,
+  // Each loaded by generate() when its stage starts and freed when it ends (the text encoder for
+  // the prompts, the UNet for the denoising loop, the VAE's decoder for the images), so peak
+  // memory is that of the largest (the UNet) alone. Every generate() loads them again: for one
+  // generate() per process, as `sdstack generate` does.
+  kOneAtATime,
+};
+
+struct PipelineOptions {
+  std::string variant;  // weight files to prefer ("fp16": the .fp16 files)
+  Residency residency = Residency::kAllLoaded;
+};
+
+// What generate() spent its time on, in seconds (wall clock).
+struct GenerateTimings {
+  double load_s = 0;           // loading models (with Residency::kOneAtATime)
+  double encode_s = 0;         // tokenizing and the text encoder
+  double denoise_s = 0;        // the denoising loop: UNet calls, guidance and scheduler steps
+  double decode_s = 0;         // the VAE decode and the conversion to pixels
+  std::vector<double> step_s;  // each step of the loop
+};
+
+// Holds one model's tokenizer and configs, and its components as `residency` says; load once,
+// generate many times. Not thread-safe.
 class StableDiffusionPipeline {
  public:
-  // Loads tokenizer, text encoder, UNet and VAE from a diffusers folder. The backend must outlive
-  // the pipeline.
+  // Opens a diffusers folder, reads its configs and tokenizer and finds the weight files; with
+  // Residency::kAllLoaded also loads the text encoder, UNet and VAE (with kOneAtATime a corrupt
+  // weight file is reported by generate()). The backend must outlive the pipeline.
   static base::Result<std::unique_ptr<StableDiffusionPipeline>> load(const std::string& model_dir,
                                                                      backend::Backend& backend,
-                                                                     const std::string& variant = "");
+                                                                     const PipelineOptions& options = {});
 
   // Errors: bad sizes (not a multiple of 8), a negative prompt count that fits no prompt count,
-  // latents of the wrong shape, an unknown scheduler.
-  base::Result<GenerateResult> generate(const GenerateRequest& request, const StepCallback& on_step = {});
+  // latents of the wrong shape, an unknown scheduler; with Residency::kOneAtATime, weight files
+  // that do not load. `timings`, when given, receives where the time went.
+  base::Result<GenerateResult> generate(const GenerateRequest& request, const StepCallback& on_step = {},
+                                        GenerateTimings* timings = nullptr);
+
+  // Which models are in memory now (for tests and tools that watch memory).
+  bool text_encoder_loaded() const { return text_encoder_ != nullptr; }
+  bool unet_loaded() const { return unet_ != nullptr; }
+  bool vae_loaded() const { return vae_ != nullptr; }
 
   // The default image size: the UNet's sample_size times the VAE's scale factor.
   int64_t default_size() const;
@@ -74,11 +108,26 @@ class StableDiffusionPipeline {
   const nlohmann::json& scheduler_config() const { return scheduler_config_; }
 
  private:
-  StableDiffusionPipeline() = default;
+  StableDiffusionPipeline(io::ModelFolder folder, backend::Backend& backend, const PipelineOptions& options)
+      : folder_(std::move(folder)), backend_(backend), options_(options) {}
+  // Each loads its model unless it is loaded.
+  base::Status load_text_encoder();
+  base::Status load_unet();
+  base::Status load_vae();
+  // With Residency::kOneAtATime, frees a model whose stage is over and hands the freed heap back
+  // to the system, so the next model's weights reuse that memory instead of adding to the peak.
+  template <typename Model>
+  void release(std::unique_ptr<Model>& model);
   // [B, 77, hidden] embeddings of `prompts`.
   base::Result<Tensor> encode_prompts(const std::vector<std::string>& prompts, int clip_skip);
 
+  io::ModelFolder folder_;
+  backend::Backend& backend_;
+  PipelineOptions options_;
   std::shared_ptr<text::CLIPTokenizer> tokenizer_;
+  models::CLIPTextConfig text_config_;
+  models::UNet2DConditionConfig unet_config_;
+  models::AutoencoderKLConfig vae_config_;
   std::unique_ptr<models::CLIPTextModel> text_encoder_;
   std::unique_ptr<models::UNet2DConditionModel> unet_;
   std::unique_ptr<models::AutoencoderKL> vae_;

@@ -109,6 +109,63 @@ TEST_F(RandomModelPipelineTest, EverySchedulerAtOneAndTwoSteps) {
   }
 }
 
+// `sdstack generate`'s way: each model loaded for its stage and freed after it (the text encoder
+// is gone before the denoising loop, the VAE not yet there), and the same images, bit for bit, as
+// a pipeline that keeps everything loaded.
+TEST_F(RandomModelPipelineTest, OneAtATimeHoldsOnlyTheModelAtWorkAndMatches) {
+  auto loaded =
+      StableDiffusionPipeline::load(dir_->file("tiny"), *backend_, {.residency = pipeline::Residency::kOneAtATime});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().message();
+  StableDiffusionPipeline& lean = **loaded;
+  EXPECT_FALSE(lean.text_encoder_loaded() || lean.unet_loaded() || lean.vae_loaded());
+  size_t steps_seen = 0;
+  pipeline::GenerateTimings timings;
+  auto result = lean.generate(
+      request(3, 11),
+      [&](const pipeline::StepInfo&) {
+        ++steps_seen;
+        EXPECT_FALSE(lean.text_encoder_loaded());
+        EXPECT_TRUE(lean.unet_loaded());
+        EXPECT_FALSE(lean.vae_loaded());
+      },
+      &timings);
+  ASSERT_TRUE(result.is_ok()) << result.status().message();
+  EXPECT_FALSE(lean.text_encoder_loaded() || lean.unet_loaded() || lean.vae_loaded());
+
+  auto kept = generate(request(3, 11));
+  ASSERT_TRUE(kept.is_ok()) << kept.status().message();
+  EXPECT_TRUE(pipeline_->text_encoder_loaded() && pipeline_->unet_loaded() && pipeline_->vae_loaded());
+  EXPECT_TRUE(same_bits(result->final_latents, kept->final_latents));
+  EXPECT_TRUE(same_bits(result->images, kept->images));
+
+  // A second run loads them again and gives the same images.
+  auto again = lean.generate(request(3, 11));
+  ASSERT_TRUE(again.is_ok()) << again.status().message();
+  EXPECT_TRUE(same_bits(again->images, result->images));
+
+  ASSERT_EQ(timings.step_s.size(), steps_seen);
+  double steps_total = 0;
+  for (double step : timings.step_s) steps_total += step;
+  EXPECT_DOUBLE_EQ(timings.denoise_s, steps_total);
+  EXPECT_GT(timings.load_s, 0);
+  EXPECT_GT(timings.encode_s, 0);
+  EXPECT_GT(timings.decode_s, 0);
+}
+
+// Loading nothing up front must not hide a missing weight file until the prompts are encoded.
+TEST(OneAtATimeLoadTest, MissingWeightFileIsReportedByLoad) {
+  TempDir dir;
+  auto preset = models::model_preset("tiny");
+  ASSERT_TRUE(preset.is_ok());
+  ASSERT_TRUE(models::write_random_model(*preset, dir.file("tiny"), {.seed = 3, .sample_size = 8}).is_ok());
+  fs::remove(dir.file("tiny") + "/unet/diffusion_pytorch_model.safetensors");
+  auto cpu = backend::make_backend("cpu");
+  ASSERT_TRUE(cpu.is_ok());
+  auto loaded = StableDiffusionPipeline::load(dir.file("tiny"), **cpu, {.residency = pipeline::Residency::kOneAtATime});
+  ASSERT_FALSE(loaded.is_ok());
+  EXPECT_NE(loaded.status().message().find("unet"), std::string::npos) << loaded.status().message();
+}
+
 TEST_F(RandomModelPipelineTest, TwentyFiveSteps) {
   for (std::string scheduler : {"pndm", "euler_a"}) {
     auto result = generate(request(25, 42, scheduler));

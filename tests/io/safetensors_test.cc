@@ -3,8 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <cstdio>
 #include <fstream>
 #include <optional>
+#include <string>
 
 #include "base/file.h"
 #include "io/weights.h"
@@ -79,6 +82,42 @@ TEST(Safetensors, ViewsKeepTheMappingAlive) {
     view = (*file)->tensor(*(*file)->find("x"));
   }  // the SafetensorsFile is gone; the view still holds the mapping
   EXPECT_EQ(view.to_vector(), values.to_vector());
+}
+
+// The process's resident KiB of the mapping that holds `address`, from /proc/self/smaps (-1 when
+// no mapping holds it).
+int64_t resident_kib(const void* address) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto where = reinterpret_cast<uintptr_t>(address);
+  bool inside = false;
+  std::string line;
+  while (std::getline(smaps, line)) {
+    unsigned long long begin = 0, end = 0;
+    if (std::sscanf(line.c_str(), "%llx-%llx ", &begin, &end) == 2) {
+      inside = begin <= where && where < end;
+    } else if (inside && line.rfind("Rss:", 0) == 0) {
+      return std::stoll(line.substr(4));
+    }
+  }
+  return -1;
+}
+
+TEST(Safetensors, ReleasedTensorsLeaveMemoryAndReadBackFromTheFile) {
+  testing::TempDir dir;
+  Tensor big = testing::random_tensor({1 << 20}, 5);  // 4 MiB, a thousand pages
+  Tensor small = testing::random_tensor({16}, 6);
+  std::string path = dir.file("a.safetensors");
+  ASSERT_TRUE(write_safetensors(path, {{"big", big}, {"small", small}}).is_ok());
+  auto file = SafetensorsFile::open(path);
+  ASSERT_TRUE(file.is_ok());
+  Tensor view = (*file)->tensor(*(*file)->find("big"));
+  EXPECT_EQ(view.to_vector(), big.to_vector());  // reads every page
+  EXPECT_GE(resident_kib(view.raw_data()), 4096);
+
+  (*file)->release(*(*file)->find("big"));
+  EXPECT_LT(resident_kib(view.raw_data()), 64);  // the header and a page or two at the edges at most
+  EXPECT_EQ(view.to_vector(), big.to_vector());  // the view is still good: the pages come back from the file
+  EXPECT_EQ((*file)->tensor(*(*file)->find("small")).to_vector(), small.to_vector());
 }
 
 TEST(Safetensors, EmptyAndScalarTensors) {

@@ -229,6 +229,45 @@ TEST_F(UNetGoldenTest, OddLatentSizesRunAndBackendsAgree) {
   EXPECT_LE(max_abs_diff(*a, *b), kUNetTolerance);
 }
 
+// A WeightSet that records the tensors a model releases once it has prepared them.
+class ReleaseRecorder : public io::WeightSource {
+ public:
+  explicit ReleaseRecorder(const io::WeightSet& weights) : weights_(weights) {}
+  bool contains(const std::string& name) const override { return weights_.contains(name); }
+  base::Result<Tensor> get(const std::string& name, const Shape& expected) const override {
+    return weights_.get(name, expected);
+  }
+  base::Result<Tensor> get(const std::string& name) const override { return weights_.get(name); }
+  std::string source() const override { return weights_.source(); }
+  void release(const std::string& name) const override {
+    released_.insert(name);
+    weights_.release(name);
+  }
+  const std::set<std::string>& released() const { return released_; }
+
+ private:
+  const io::WeightSet& weights_;
+  mutable std::set<std::string> released_;
+};
+
+// Loading converts every weight into the backend's own buffers and lets go of the file's pages,
+// so a UNet loaded from fp16 files does not hold them next to its f32 or bf16 copies.
+TEST_F(UNetGoldenTest, LoadingReleasesEveryWeightOfTheFile) {
+  auto weights = folder_->weights("unet");
+  ASSERT_TRUE(weights.is_ok()) << weights.status().message();
+  auto json = folder_->config("unet");
+  ASSERT_TRUE(json.is_ok());
+  auto config = UNet2DConditionConfig::from_json(*json, "unet/config.json");
+  ASSERT_TRUE(config.is_ok());
+  ReleaseRecorder recorder(*weights);
+  auto backend = backend::make_backend("cpu");
+  ASSERT_TRUE(backend.is_ok());
+  auto model = UNet2DConditionModel::create(*config, recorder, **backend);
+  ASSERT_TRUE(model.is_ok()) << model.status().message();
+  const std::vector<std::string> names = weights->names();
+  EXPECT_EQ(recorder.released(), std::set<std::string>(names.begin(), names.end()));
+}
+
 TEST_F(UNetGoldenTest, RejectsMisshapenInputs) {
   std::unique_ptr<Backend> backend = std::move(backend::make_backend("cpu").value());
   std::unique_ptr<UNet2DConditionModel> model = load(*backend);

@@ -88,6 +88,24 @@ TEST_F(VAEGoldenTest, DecodeMatchesDiffusersForEveryCaseOnCpu) {
   std::cout << "[ VAE decode cpu ] " << compared << " cases, max |ours - diffusers| = " << worst << "\n";
 }
 
+TEST_F(VAEGoldenTest, DecoderOnlyDecodesTheSameAndRefusesToEncode) {
+  std::unique_ptr<AutoencoderKL> full = load(*cpu_);
+  auto loaded = AutoencoderKL::load(*folder_, *cpu_, "", AutoencoderKL::Parts::kDecoderOnly);
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().message();
+  std::unique_ptr<AutoencoderKL> decoder_only = std::move(loaded).value();
+  ASSERT_NE(full, nullptr);
+  auto [latents, expected] = decode_case(manifest_["cases"][0], full->scaling_factor());
+  auto a = full->decode(latents);
+  auto b = decoder_only->decode(latents);
+  ASSERT_TRUE(a.is_ok() && b.is_ok());
+  EXPECT_EQ(a->to_vector(), b->to_vector());  // the same layers on the same backend: bit for bit
+
+  auto encoded = decoder_only->encode(random_tensor({1, 64, 64, 3}, 7));
+  ASSERT_FALSE(encoded.is_ok());
+  EXPECT_NE(encoded.status().message().find("vae: loaded for decoding only"), std::string::npos)
+      << encoded.status().message();
+}
+
 TEST_F(VAEGoldenTest, DecodeMatchesDiffusersOnReference) {
   std::unique_ptr<AutoencoderKL> vae = load(*reference_);
   ASSERT_NE(vae, nullptr);
