@@ -9,10 +9,11 @@
 //     O(1) outputs, 1e-6 or less (observed <= 5e-7). This is the tight check: the backend rounds each
 //     operand exactly once, to nearest even, and does everything else (bias, residual, activation,
 //     softmax) in f32; rounding the wrong operand, or truncating, shows as ~1e-3. For attention the
-//     test's oracle also rounds the softmax probabilities to bf16 before P v, as the backend does. A
-//     probability within 1e-5 (relative) of a bf16 rounding boundary may round the other way in the
-//     backend's f32 softmax than in the oracle's double one; the oracle allows each output that
-//     probability's one-ulp step times |v| as slack, and holds the rest to the same 1e-5.
+//     test's oracle also rounds the probabilities to bf16 before P v, as the backend does (before
+//     normalising them: see attention_with_bf16_probabilities). A probability within 1e-5
+//     (relative) of a bf16 rounding boundary may round the other way in the backend's f32 exp than
+//     in the oracle's double one; the oracle allows each output that probability's one-ulp step
+//     times |v| as slack, and holds the rest to the same 1e-5.
 //  2. Against the reference on the f32 inputs: the rounding itself. bf16 keeps 8 significant bits,
 //     so rounding has relative error |d| <= u = 2^-9 = 1.95e-3, spread about uniformly (rms
 //     u/sqrt(3)). In y = sum_k x_k w_k over K terms each term gets (d_x + d_w), independent across
@@ -30,9 +31,12 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
+#include <numbers>
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/cpu_internal.h"
 #include "cpu_test_util.h"
 #include "testing/testing.h"
 
@@ -344,9 +348,11 @@ TEST(CpuBf16Matmul, TransposeAndAlpha) {
 }
 
 // Attention as the bf16 backend computes it, in double: q, k, v as given (already rounded by the
-// caller), scores and softmax in double, the probabilities rounded to bf16, then P v. Also returns,
-// per output, the slack for probabilities so near a bf16 rounding boundary that the backend's f32
-// softmax may round them the other way: their one-ulp step times |v|.
+// caller), scores in double; the probabilities rounded to bf16 before they are normalised, as the
+// fused kernels do: e_j = 2^(t_j - m) with t_j = log2(e) q.k_j / sqrt(D) and m = ceil(max_j t_j),
+// y = sum_j bf16(e_j) v_j / sum_j e_j. (m being an integer, bf16(e_j) does not depend on which m.)
+// Also returns, per output, the slack for probabilities so near a bf16 rounding boundary that the
+// backend's f32 exp may round them the other way: their one-ulp step times |v|.
 struct AttentionOracle {
   Tensor y, slack;
 };
@@ -371,14 +377,16 @@ AttentionOracle attention_with_bf16_probabilities(const Tensor& q, const Tensor&
           const float* kj = pk + (b * lk + j) * channels + h * d;
           double dot = 0.0;
           for (int64_t c = 0; c < d; ++c) dot += static_cast<double>(qi[c]) * kj[c];
-          p[j] = dot / std::sqrt(static_cast<double>(d));
+          p[j] = dot / std::sqrt(static_cast<double>(d)) * std::numbers::log2e;
           max_score = std::max(max_score, p[j]);
         }
-        for (int64_t j = 0; j < valid; ++j) sum += (p[j] = std::exp(p[j] - max_score));
+        const double m = std::ceil(max_score);
+        for (int64_t j = 0; j < valid; ++j) sum += (p[j] = std::exp2(p[j] - m));
         for (int64_t j = 0; j < valid; ++j) {
-          const double exact = p[j] / sum;
-          p[j] = to_bf16(exact);
-          step[j] = to_bf16(exact * (1 + kNear)) - to_bf16(exact * (1 - kNear));  // 0 unless near a boundary
+          const double exact = p[j];
+          p[j] = to_bf16(exact) / sum;
+          // 0 unless near a boundary
+          step[j] = (to_bf16(exact * (1 + kNear)) - to_bf16(exact * (1 - kNear))) / sum;
         }
         const int64_t at = (b * lq + i) * channels + h * d;
         for (int64_t c = 0; c < d; ++c) {
@@ -397,37 +405,76 @@ AttentionOracle attention_with_bf16_probabilities(const Tensor& q, const Tensor&
   return out;
 }
 
-TEST(CpuBf16Attention, SelfCrossAndCausal) {
-  SKIP_WITHOUT_BF16();
-  struct Case {
-    int64_t batch, lq, lk, heads, head_dim;
-    bool causal;
-  };
-  const Case cases[] = {
-      {2, 256, 256, 8, 40, false},  // UNet self-attention (4096 tokens at 512 px, scaled down)
-      {2, 256, 77, 8, 40, false},   // UNet cross-attention to the 77 text tokens
-      {2, 64, 64, 8, 80, false},    // deeper level, D = 80
-      {1, 77, 77, 12, 64, true},    // CLIP text encoder, causal
-      {2, 33, 20, 8, 4, true},      // D = 4, Lq != Lk, causal
-      {1, 40, 40, 1, 512, false},   // VAE mid-block attention: one head of 512
-      {1, 3000, 256, 2, 8, true},   // enough queries for several score tiles
-  };
-  Worst worst{"attention"};
-  uint64_t seed = 3700;
-  for (const Case& c : cases) {
+struct AttentionCase {
+  int64_t batch, lq, lk, heads, head_dim;
+  bool causal;
+};
+
+// Each case through the bf16 backend (the fused AMX kernel where the CPU has AMX) and through the
+// oneDNN matmul path that CPUs with AVX512-BF16 only run: both against one oracle.
+void check_attention(const std::vector<AttentionCase>& cases, uint64_t seed, Worst& worst) {
+  cpu::MatmulCache matmuls(std::make_shared<cpu::OneDnn>());
+  matmuls.onednn().compute_dtype = DType::kBF16;
+  std::vector<float> scores;
+  for (const AttentionCase& c : cases) {
     SCOPED_TRACE(::testing::Message() << "B" << c.batch << " Lq" << c.lq << " Lk" << c.lk << " H" << c.heads << " D"
                                       << c.head_dim << (c.causal ? " causal" : ""));
     const int64_t channels = c.heads * c.head_dim;
     const Tensor q = random_tensor({c.batch, c.lq, channels}, seed++, -2.0f, 2.0f);
     const Tensor k = random_tensor({c.batch, c.lk, channels}, seed++, -2.0f, 2.0f);
     const Tensor v = random_tensor({c.batch, c.lk, channels}, seed++);
-    Tensor y = Tensor::empty(q.shape()), y_f32 = Tensor::empty(q.shape());
+    Tensor y = Tensor::empty(q.shape()), y_matmuls = Tensor::empty(q.shape()), y_f32 = Tensor::empty(q.shape());
     bf16_backend()->attention(q, k, v, c.heads, c.causal, y);
+    cpu::attention_matmuls(matmuls, q, k, v, c.heads, c.causal, scores, y_matmuls);
     const AttentionOracle oracle =
         attention_with_bf16_probabilities(rounded(q), rounded(k), rounded(v), c.heads, c.causal);
     reference_backend().attention(q, k, v, c.heads, c.causal, y_f32);
-    worst.check(y, oracle.y, y_f32, kBf16AttentionTolerance, oracle.slack);
+    {
+      SCOPED_TRACE("backend");
+      worst.check(y, oracle.y, y_f32, kBf16AttentionTolerance, oracle.slack);
+    }
+    {
+      SCOPED_TRACE("oneDNN matmuls");
+      worst.check(y_matmuls, oracle.y, y_f32, kBf16AttentionTolerance, oracle.slack);
+    }
   }
+}
+
+TEST(CpuBf16Attention, SelfCrossAndCausal) {
+  SKIP_WITHOUT_BF16();
+  Worst worst{"attention"};
+  check_attention(
+      {
+          {2, 256, 256, 8, 40, false},  // UNet self-attention (4096 tokens at 512 px, scaled down)
+          {2, 256, 77, 8, 40, false},   // UNet cross-attention to the 77 text tokens
+          {2, 64, 64, 8, 80, false},    // deeper level, D = 80
+          {1, 77, 77, 12, 64, true},    // CLIP text encoder, causal
+          {2, 33, 20, 8, 4, true},      // D = 4, Lq != Lk, causal
+          {1, 40, 40, 1, 512, false},   // VAE mid-block attention: one head of 512
+          {1, 3000, 256, 2, 8, true},   // enough queries for several score tiles
+      },
+      3700, worst);
+}
+
+// The fused kernel's edges: query tiles of 32 and key chunks of 64 with remainders, head dims that
+// are not multiples of its 32-channel (q k^T) and 16-channel (P v) tiles, the causal mask across and
+// within chunks (Lq > Lk and Lq < Lk), single tokens.
+TEST(CpuBf16Attention, FusedTilesAndHeadDims) {
+  SKIP_WITHOUT_BF16();
+  Worst worst{"attention tiles"};
+  check_attention(
+      {
+          {2, 300, 300, 2, 8, false},   // D = 8; 300 = 9 x 32 + 12 queries, 4 x 64 + 44 keys
+          {1, 200, 333, 2, 40, true},   // causal, Lq < Lk: the keys past the last query never count
+          {3, 333, 200, 2, 40, true},   // causal, Lq > Lk: the last queries see every key
+          {1, 130, 130, 4, 64, true},   // causal mask within and across chunks
+          {2, 70, 129, 2, 80, false},   // D = 80, one key past a chunk
+          {1, 65, 257, 1, 160, false},  // D = 160
+          {1, 1, 1, 3, 40, false},      // one query, one key
+          {1, 1, 5, 2, 7, true},        // one query sees only key 0
+          {2, 3, 5, 2, 13, false},      // tiny, odd D
+      },
+      3800, worst);
 }
 
 // Norms, softmax and elementwise ops stay f32: the bf16 backend gives the f32 backend's bits.

@@ -1,9 +1,11 @@
-// Multi-head attention on the CPU, two ways. In f32 (on AVX-512): fused, flash-style: per (batch,
+// Multi-head attention on the CPU, three ways. In f32 (on AVX-512): fused, flash-style: per (batch,
 // head, tile of 64 queries) the keys and values stream by in tiles, scores and an online softmax
-// stay in L1, and no score matrix is ever stored. In bf16 (or without AVX-512): per tile of
-// queries, scores = q k^T / sqrt(D) and out = P v as oneDNN batched matmuls over (batch, head),
-// with an own softmax (and causal mask) in between; q, k and v are rounded into head-major
-// [B, H, L, D] copies first, and each tile's probabilities after the (f32) softmax; both matmuls
+// stay in L1, and no score matrix is ever stored. In bf16 on AMX: the same idea with AMX tile
+// products (attention_amx.cc). Otherwise: per tile of queries, scores = q k^T / sqrt(D) and out =
+// P v as oneDNN batched matmuls over (batch, head), with an own softmax (and causal mask) in
+// between; in bf16, q, k and v are rounded into head-major [B, H, L, D] copies first, and the
+// probabilities are rounded before normalisation exactly as the AMX kernel rounds them (see there),
+// so that bf16 attention computes the same numbers on every CPU that has it. Both matmuls
 // accumulate in f32 and write f32.
 #include <cassert>
 #include <cmath>
@@ -242,6 +244,7 @@ void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, con
   OneDnn& onednn = cache.onednn();
   const DType compute = onednn.compute_dtype;
   const bool bf16 = compute == DType::kBF16;
+  std::vector<float> row_scale;  // bf16: per score row, 1 / the sum of its probabilities
   // k and v as [B, H, Lk, D]: in place (interleaved), or head-major bf16 copies.
   const void* k_data = k.raw_data();
   const void* v_data = v.raw_data();
@@ -279,6 +282,7 @@ void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, con
     cache.run(q_desc, q_data, k_t, k_data, s_desc, scores.data(), alpha);
 
     const int64_t score_rows = batch * heads * rows;
+    if (row_scale.size() < static_cast<size_t>(score_rows)) row_scale.resize(static_cast<size_t>(score_rows));
 #pragma omp parallel
     {
       // In bf16 the f32 probabilities go to a row in cache and only their bf16 copy to memory:
@@ -287,16 +291,30 @@ void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, con
 #pragma omp for schedule(static)
       for (int64_t r = 0; r < score_rows; ++r) {
         const float* row = scores.data() + r * lk;
-        float* out = bf16 ? row_buffer.data() : scores.data() + r * lk;
-        if (!causal) {
-          softmax_row(row, out, lk);
-        } else {
-          const int64_t query = q0 + r % rows;  // keys j > query are masked to probability 0
-          const int64_t valid = query + 1 < lk ? query + 1 : lk;
+        // Keys j > query are masked to probability 0.
+        const int64_t query = q0 + r % rows;
+        const int64_t valid = causal && query + 1 < lk ? query + 1 : lk;
+        if (!bf16) {
+          float* out = scores.data() + r * lk;
           softmax_row(row, out, valid);
           for (int64_t j = valid; j < lk; ++j) out[j] = 0.0f;
+          continue;
         }
-        if (bf16) to_bf16_row(out, probabilities + r * lk, lk);
+        // bf16(2^(t_j - m)) with t_j = log2(e) s_j and m = ceil(max_j t_j), normalised after P v.
+        float* out = row_buffer.data();
+        float max_score = row[0];
+        for (int64_t j = 1; j < valid; ++j) max_score = row[j] > max_score ? row[j] : max_score;
+        const double m = std::ceil(static_cast<double>(max_score) * 1.4426950408889634);
+        const float shift = static_cast<float>(m * 0.6931471805599453);  // exp(s - m ln 2) = 2^(t - m)
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t j = 0; j < valid; ++j) {
+          out[j] = exp_approx(row[j] - shift);
+          sum += out[j];
+        }
+        for (int64_t j = valid; j < lk; ++j) out[j] = 0.0f;
+        to_bf16_row(out, probabilities + r * lk, lk);
+        row_scale[static_cast<size_t>(r)] = 1.0f / sum;
       }
     }
 
@@ -305,6 +323,17 @@ void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, con
     const void* p_data = bf16 ? static_cast<const void*>(probabilities) : static_cast<const void*>(scores.data());
     const memory::desc o_desc = plain_desc(DType::kF32, {batch, heads, rows, d}, {lq * channels, d, channels, 1});
     cache.run(p_desc, p_data, v_desc, v_data, o_desc, y.data<float>() + q0 * channels, 1.0f);
+    if (bf16) {
+      // The normalisation: each (batch, head, query) row of y divided by its probabilities' sum.
+#pragma omp parallel for collapse(2) schedule(static) if (score_rows * d > 16384)
+      for (int64_t bh = 0; bh < batch * heads; ++bh) {
+        for (int64_t t = 0; t < rows; ++t) {
+          float* out = y.data<float>() + ((bh / heads) * lq + q0 + t) * channels + (bh % heads) * d;
+          const float inverse = row_scale[static_cast<size_t>(bh * rows + t)];
+          for (int64_t c = 0; c < d; ++c) out[c] *= inverse;
+        }
+      }
+    }
   }
 }
 
@@ -379,6 +408,9 @@ void attention(MatmulCache& cache, const Tensor& q, const Tensor& k, const Tenso
     return;
   }
 #endif
+  if (cache.onednn().compute_dtype == DType::kBF16 && flash_attention_amx(cache.onednn(), q, k, v, heads, causal, y)) {
+    return;
+  }
   attention_matmuls(cache, q, k, v, heads, causal, scores, y);
 }
 

@@ -93,13 +93,21 @@ std::unique_ptr<Linear> make_onednn_linear(std::shared_ptr<OneDnn> onednn, const
 // Batched matmul through `cache` (see Backend::matmul).
 void batched_matmul(MatmulCache& cache, const Tensor& a, const Tensor& b, Tensor& y, bool transpose_b, float alpha);
 // Multi-head attention (see Backend::attention): flash_attention in f32 compute on AVX-512 builds,
-// else attention_matmuls through `cache`. `scores` is scratch either may grow.
+// flash_attention_amx in bf16 compute on AMX, else attention_matmuls through `cache`. `scores` is
+// scratch the f32 kernels may grow.
 void attention(MatmulCache& cache, const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal,
                std::vector<float>& scores, Tensor& y);
 // Per tile of queries, scores and P v as oneDNN batched matmuls in the compute dtype, an own f32
-// softmax between them: a score tile of up to 64 MB in memory.
+// softmax between them: a score tile of up to 64 MB in memory. In bf16 the probabilities are
+// rounded as flash_attention_amx rounds them.
 void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads,
                        bool causal, std::vector<float>& scores, Tensor& y);
+// Fused (flash) attention in bf16 on AMX (attention_amx.cc says how it rounds): k and v rounded
+// to bf16 into onednn's scratch, then tiles of 32 queries against chunks of 64 keys on the OpenMP
+// pool. Returns false, having done nothing, where it cannot run: a build or CPU without AMX (or a
+// kernel that refuses its tile state), or D > 512.
+bool flash_attention_amx(OneDnn& onednn, const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads,
+                         bool causal, Tensor& y);
 #if defined(__AVX512F__)
 // Fused (flash) attention in f32: keys and values streamed in tiles past 64 queries at a time, an
 // online softmax, no score matrix in memory. Runs on the OpenMP pool. `packed` is scratch it

@@ -1,0 +1,404 @@
+// Fused (flash-style) multi-head attention in bf16 on AMX: per (batch, head, tile of 32 queries)
+// the keys and values stream by in chunks of 64; q k^T and P v run as AMX tile products (bf16
+// inputs, f32 accumulation), the online softmax runs on AVX-512 in f32 between them, and no score
+// matrix is ever stored.
+//
+// Probabilities are rounded to bf16 before they are normalised: p_j = bf16(2^(t_j - m)) with
+// t_j = log2(e) q.k_j / sqrt(D) and m the running max of t rounded up to an integer, and
+// y = sum_j p_j v_j / sum_j 2^(t_j - m) (the sum from the unrounded f32 terms). Because m is an
+// integer, the rescaling when m grows is by a power of two, exact, and p_j is the same bf16 number
+// (up to that power of two) whichever chunk raised the max: the result does not depend on the
+// chunking, and attention_matmuls computes the same.
+#include <cassert>
+#include <cmath>
+#include <vector>
+
+#if defined(__AMX_BF16__) && defined(__AMX_TILE__) && defined(__AVX512BF16__)
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#include "backend/cpu/cpu_internal.h"
+#include "backend/cpu/vec_math.h"
+
+namespace sdstack::backend::cpu {
+
+#if defined(__AMX_BF16__) && defined(__AMX_TILE__) && defined(__AVX512BF16__)
+namespace {
+
+// Queries per tile: two AMX tiles of 16 rows.
+constexpr int64_t kQueries = 32;
+// Keys per chunk: the chunk's f32 scores (32 x 64, 8 KB), its two bf16 probability buffers (8 KB),
+// the running output and the chunk's share of it (12 KB at D = 40) and the queries (4 KB) stay in
+// L1 together. Measured about 10% faster than chunks of 128 (which fill L1 exactly) at SD's first
+// level.
+constexpr int64_t kChunk = 64;
+// Keys per AMX step of q k^T and P v: two key tiles of 16, or one 64-byte row of bf16 pairs.
+constexpr int64_t kKeyStep = 32;
+
+int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
+// Linux hands out AMX's 8 KB of tile state only on request, once per process.
+bool amx_permitted() {
+  constexpr int kArchReqXcompPerm = 0x1023;
+  constexpr int kXfeatureXtiledata = 18;
+  static const bool permitted = syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  return permitted;
+}
+
+// Every tile register as 16 rows of 64 bytes: the A operands (16 queries x 32 bf16), the B operands
+// (16 rows of 16 bf16 pairs) and the f32 accumulators (16 x 16) alike.
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+
+// An operand's tile for step s at data + s * step bytes, its rows `stride` bytes apart.
+struct Operand {
+  const void* data;
+  int64_t stride;
+  int64_t step;
+  const void* at(int64_t s) const { return static_cast<const char*>(data) + s * step; }
+};
+
+// c[i][j] (+)= sum over `steps` of a_i(s) b_j(s), for two A tiles (i) and one or two B tiles (j;
+// b1.data null for one). Accumulators start from c (c_i_j at c + i * 16 rows + j * 64 bytes) or
+// from zero, and are stored back there.
+void tile_product(int64_t steps, Operand a0, Operand a1, Operand b0, Operand b1, float* c, int64_t c_stride,
+                  bool accumulate) {
+  char* c_bytes = reinterpret_cast<char*>(c);
+  char* c00 = c_bytes;
+  char* c01 = c_bytes + 64;
+  char* c10 = c_bytes + 16 * c_stride;
+  char* c11 = c10 + 64;
+  const bool two = b1.data != nullptr;
+  if (accumulate) {
+    _tile_loadd(0, c00, c_stride);
+    _tile_loadd(2, c10, c_stride);
+    if (two) _tile_loadd(1, c01, c_stride);
+    if (two) _tile_loadd(3, c11, c_stride);
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+  }
+  for (int64_t s = 0; s < steps; ++s) {
+    _tile_loadd(4, a0.at(s), a0.stride);
+    _tile_loadd(6, b0.at(s), b0.stride);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(5, a1.at(s), a1.stride);
+    _tile_dpbf16ps(2, 5, 6);
+    if (two) {
+      _tile_loadd(7, b1.at(s), b1.stride);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, c00, c_stride);
+  _tile_stored(2, c10, c_stride);
+  if (two) _tile_stored(1, c01, c_stride);
+  if (two) _tile_stored(3, c11, c_stride);
+}
+
+// 2^t for t <= 0 (any t: larger ones are masked out by the caller): 2^floor(t) by vscalefps times
+// 2^f, f = t - floor(t) in [0, 1) by a degree-5 polynomial (relative error 8e-8, fitted with the
+// constant term 1 so that the max itself gets exactly 1).
+inline __m512 exp2_16(__mmask16 valid, __m512 t) {
+  const __m512 f = _mm512_maskz_reduce_ps(valid, t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 p = _mm512_set1_ps(1.8671307063e-3f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.0170285514e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5799914849e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4016444945e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9315131190e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(valid, p, t);
+}
+
+// All 16 lanes. GCC 12's unmasked forms of max, shuffle, permute, roundscale and scalef start from
+// _mm512_undefined_ps, which it reports as maybe-uninitialized; the all-lanes maskz forms compile
+// the same.
+constexpr __mmask16 kAll = 0xffff;
+
+// The max of x's lanes, in every lane: a butterfly of shuffles.
+inline __m512 broadcast_max(__m512 x) {
+  x = _mm512_maskz_max_ps(kAll, x, _mm512_maskz_shuffle_f32x4(kAll, x, x, 0x4e));  // 256-bit halves swapped
+  x = _mm512_maskz_max_ps(kAll, x, _mm512_maskz_shuffle_f32x4(kAll, x, x, 0xb1));  // 128-bit quarters swapped
+  x = _mm512_maskz_max_ps(kAll, x, _mm512_maskz_permute_ps(kAll, x, 0x4e));        // pairs swapped
+  return _mm512_maskz_max_ps(kAll, x, _mm512_maskz_permute_ps(kAll, x, 0xb1));     // neighbours swapped
+}
+
+// The lanes [0, n) of a vector, n clamped to [0, 16].
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? static_cast<__mmask16>(0xffff) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1);
+}
+
+// Head-major bf16 copies, zero-padded, laid out as the AMX operands want them (dp = D rounded up
+// to 32, dv = D rounded up to 16; q and k zero past D, so the padding adds nothing to q.k):
+//   q: [32][dp] per query tile (`rows` real queries, `channels` floats apart), row-major: A tiles
+//      of 16 queries x 32 channels; packed by the thread that runs the tile.
+//   k: [BH][lk_pad / 16][dp / 2][16][2]: per 16 keys, B tiles of channel pairs x keys.
+//   v: [BH][lk_pad / 2][dv][2]: B tiles of key pairs x channels.
+void pack_q(const float* q, int64_t rows, int64_t channels, int64_t d, int64_t dp, uint16_t* out) {
+  for (int64_t t = 0; t < kQueries; ++t) {
+    uint16_t* row = out + t * dp;
+    if (t < rows) {
+      to_bf16_row(q + t * channels, row, d);
+    } else {
+      for (int64_t c = 0; c < d; ++c) row[c] = 0;
+    }
+    for (int64_t c = d; c < dp; ++c) row[c] = 0;
+  }
+}
+
+// pack_k and pack_v run inside the caller's parallel region (one region for both and the
+// attention: under load a barrier costs a time slice).
+void pack_k(const float* k, int64_t batch, int64_t lk, int64_t heads, int64_t d, int64_t lk_pad, int64_t dp,
+            uint16_t* out) {
+  const int64_t channels = heads * d;
+#pragma omp for collapse(2) schedule(static) nowait
+  for (int64_t bh = 0; bh < batch * heads; ++bh) {
+    for (int64_t tile = 0; tile < lk_pad / 16; ++tile) {
+      uint16_t* packed = out + (bh * lk_pad + tile * 16) * dp;
+      uint16_t row[512];  // one key's channels (D <= dp), rounded
+      for (int64_t j = 0; j < 16; ++j) {
+        const int64_t key = tile * 16 + j;
+        if (key < lk) {
+          to_bf16_row(k + ((bh / heads) * lk + key) * channels + (bh % heads) * d, row, d);
+        } else {
+          for (int64_t c = 0; c < d; ++c) row[c] = 0;
+        }
+        for (int64_t c = d; c < dp; ++c) row[c] = 0;
+        for (int64_t c = 0; c < dp; ++c) packed[((c / 2) * 16 + j) * 2 + c % 2] = row[c];
+      }
+    }
+  }
+}
+
+void pack_v(const float* v, int64_t batch, int64_t lk, int64_t heads, int64_t d, int64_t lk_pad, int64_t dv,
+            uint16_t* out) {
+  const int64_t channels = heads * d;
+#pragma omp for collapse(2) schedule(static)
+  for (int64_t bh = 0; bh < batch * heads; ++bh) {
+    for (int64_t pair = 0; pair < lk_pad / 2; ++pair) {
+      uint16_t* packed = out + (bh * lk_pad + pair * 2) * dv;
+      uint16_t row[512];
+      for (int64_t i = 0; i < 2; ++i) {
+        const int64_t key = pair * 2 + i;
+        if (key < lk) {
+          to_bf16_row(v + ((bh / heads) * lk + key) * channels + (bh % heads) * d, row, d);
+        } else {
+          for (int64_t c = 0; c < d; ++c) row[c] = 0;
+        }
+        for (int64_t c = d; c < dv; ++c) row[c] = 0;
+        for (int64_t c = 0; c < dv; ++c) packed[c * 2 + i] = row[c];
+      }
+    }
+  }
+}
+
+// Per-thread buffers of one query tile: scores [32][kChunk] f32, two chunks' probabilities
+// [32][kChunk] bf16, the running output and one chunk's share of it [32][dv] f32, per query its
+// running max and sum and two chunks' corrections, and the packed queries.
+struct TileScratch {
+  float* scores;
+  uint16_t* probabilities[2];
+  float* out;
+  float* chunk_out;
+  __m512* row_max;  // [32] each
+  __m512* row_sum;
+  __m512* row_correction[2];
+  uint16_t* queries;  // [32][dp], packed by pack_q
+};
+
+// The keys [k0, k0 + kChunk) that a chunk runs over, rounded up to whole AMX steps.
+inline int64_t chunk_keys(int64_t k0, int64_t key_end) {
+  return round_up(key_end - k0 < kChunk ? key_end - k0 : kChunk, kKeyStep);
+}
+
+// Online softmax of one chunk's scores (keys [k0, key_end) of it real), per query row in f32: the
+// new (integer) max, the power of two 2^(old - new) that rescales what was summed under the old one
+// (into `correction`), and the bf16 probabilities.
+void chunk_softmax(const TileScratch& scratch, int64_t q0, int64_t k0, int64_t key_end, bool causal, __m512 scale,
+                   uint16_t* probabilities, __m512* correction) {
+  const int64_t valid_keys = key_end - k0 < kChunk ? key_end - k0 : kChunk;
+  const int64_t chunk = round_up(valid_keys, kKeyStep);
+  for (int64_t r = 0; r < kQueries; ++r) {
+    const int64_t query = q0 + r;
+    const int64_t valid = causal ? (query + 1 - k0 < valid_keys ? query + 1 - k0 : valid_keys) : valid_keys;
+    const float* s = scratch.scores + r * kChunk;
+    uint16_t* p = probabilities + r * kChunk;
+    if (valid <= 0) {  // a causal row that sees none of this chunk's keys
+      for (int64_t j = 0; j < chunk; ++j) p[j] = 0;
+      correction[r] = _mm512_set1_ps(1.0f);
+      continue;
+    }
+    __m512 max16 = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < chunk; j += 16) {
+      max16 = _mm512_mask_max_ps(max16, first_lanes(valid - j), max16, _mm512_loadu_ps(s + j));
+    }
+    // ceil(max t) in every lane; the correction 2^(old - new) is exact, and 0 at first (2^-inf).
+    const __m512 max = _mm512_maskz_max_ps(kAll, scratch.row_max[r],
+                                           _mm512_maskz_roundscale_ps(kAll, _mm512_mul_ps(broadcast_max(max16), scale),
+                                                                      _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC));
+    correction[r] = _mm512_maskz_scalef_ps(kAll, _mm512_set1_ps(1.0f), _mm512_sub_ps(scratch.row_max[r], max));
+    scratch.row_max[r] = max;
+    __m512 sum = _mm512_mul_ps(scratch.row_sum[r], correction[r]);
+    for (int64_t j = 0; j < chunk; j += 32) {
+      const __mmask16 low = first_lanes(valid - j), high = first_lanes(valid - j - 16);
+      const __m512 p_low = exp2_16(low, _mm512_fmsub_ps(_mm512_loadu_ps(s + j), scale, max));
+      const __m512 p_high = exp2_16(high, _mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), scale, max));
+      sum = _mm512_add_ps(sum, _mm512_add_ps(p_low, p_high));
+      // vcvtne2ps2bf16 rounds to nearest even, as tensor::f32_to_bf16; the cast only retypes the bits.
+      _mm512_storeu_si512(p + j, (__m512i)_mm512_cvtne2ps_pbh(p_high, p_low));
+    }
+    scratch.row_sum[r] = sum;
+  }
+}
+
+// One (batch, head, query tile): queries [q0, q0 + 32) of the packed q (rows past Lq are zeros and
+// not written) against keys [0, key_end). Writes y's rows (interleaved heads, `channels` apart).
+//
+// Software-pipelined by one chunk: iteration i runs q k^T of chunk i, P v of chunk i - 1, the
+// softmax of chunk i, and out = out * correction + P v of chunk i - 1, in that order. AMX tile
+// loads cannot take data from pending vector stores (nor vector loads from tile stores): each
+// waits until the stores reach the cache. In this order every buffer is read one step of other
+// work after it was written, not right away.
+void amx_tile(const uint16_t* k, const uint16_t* v, int64_t d, int64_t dp, int64_t dv, int64_t lq, int64_t q0,
+              int64_t key_end, bool causal, float log2e_alpha, float* y, int64_t channels, const TileScratch& scratch) {
+  // Per query, in log2 units: the running max (an integer, in every lane), and the running sum of
+  // 2^(t - max) lane by lane, added up at the end. All vector: a scalar reduction per row and chunk
+  // cost as much as the chunk's exps.
+  for (int64_t r = 0; r < kQueries; ++r) {
+    scratch.row_max[r] = _mm512_set1_ps(-INFINITY);
+    scratch.row_sum[r] = _mm512_setzero_ps();
+  }
+  for (int64_t i = 0; i < kQueries * dv; ++i) scratch.out[i] = 0.0f;
+  const Operand q0_tile{scratch.queries, dp * 2, 64}, q1_tile{scratch.queries + 16 * dp, dp * 2, 64};
+  const __m512 scale = _mm512_set1_ps(log2e_alpha);
+  const int64_t chunks = (key_end + kChunk - 1) / kChunk;
+  for (int64_t i = 0; i <= chunks; ++i) {
+    const int64_t k0 = i * kChunk;
+    if (i < chunks) {
+      // Scores of 32 queries x 32 keys per product, over D in steps of 32 channels.
+      const int64_t chunk = chunk_keys(k0, key_end);
+      for (int64_t j = 0; j < chunk; j += kKeyStep) {
+        const uint16_t* keys = k + (k0 + j) * dp;  // 16 keys' tile: 16 * dp bf16
+        tile_product(dp / 32, q0_tile, q1_tile, Operand{keys, 64, 16 * 64}, Operand{keys + 16 * dp, 64, 16 * 64},
+                     scratch.scores + j, kChunk * 4, false);
+      }
+    }
+    const int64_t previous = i - 1;  // the chunk whose P v runs now
+    if (previous >= 0) {
+      // 32 queries x 32 channels per product, over the chunk in steps of 32 keys, into fresh
+      // accumulators (loading them from out would wait for out's rescaled rows).
+      const int64_t p_k0 = previous * kChunk;
+      const uint16_t* values = v + p_k0 * dv;  // key pairs from p_k0: dv * 2 bf16 each
+      const uint16_t* probabilities = scratch.probabilities[previous % 2];
+      const Operand p0{probabilities, kChunk * 2, 64}, p1{probabilities + 16 * kChunk, kChunk * 2, 64};
+      for (int64_t c = 0; c < dv; c += 32) {
+        const Operand v0{values + c * 2, dv * 4, 16 * dv * 4};
+        const Operand v1{c + 16 < dv ? values + (c + 16) * 2 : nullptr, dv * 4, 16 * dv * 4};
+        tile_product(chunk_keys(p_k0, key_end) / kKeyStep, p0, p1, v0, v1, scratch.chunk_out + c, dv * 4, false);
+      }
+    }
+    if (i < chunks) {
+      chunk_softmax(scratch, q0, k0, key_end, causal, scale, scratch.probabilities[i % 2],
+                    scratch.row_correction[i % 2]);
+    }
+    if (previous >= 0) {
+      const __m512* correction = scratch.row_correction[previous % 2];
+      for (int64_t r = 0; r < kQueries; ++r) {
+        float* o = scratch.out + r * dv;
+        const float* pv = scratch.chunk_out + r * dv;
+        for (int64_t c = 0; c < dv; c += 16) {
+          _mm512_storeu_ps(o + c, _mm512_fmadd_ps(_mm512_loadu_ps(o + c), correction[r], _mm512_loadu_ps(pv + c)));
+        }
+      }
+    }
+  }
+  // y = out / sum for the tile's real queries and channels.
+  for (int64_t r = 0; r < kQueries && q0 + r < lq; ++r) {
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, scratch.row_sum[r]);
+    float sum = 0.0f;
+    for (int l = 0; l < 16; ++l) sum += lanes[l];
+    const float inverse = 1.0f / sum;
+    const float* o = scratch.out + r * dv;
+    float* yr = y + r * channels;
+    for (int64_t c = 0; c < d; ++c) yr[c] = o[c] * inverse;
+  }
+}
+
+}  // namespace
+
+bool flash_attention_amx(OneDnn& onednn, const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal,
+                         Tensor& y) {
+  assert(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && y.is_contiguous());
+  assert(q.dtype() == DType::kF32 && k.dtype() == DType::kF32 && v.dtype() == DType::kF32);
+  const int64_t batch = q.dim(0), lq = q.dim(1), channels = q.dim(2), lk = k.dim(1);
+  assert(channels % heads == 0 && k.dim(2) == channels && v.dim(1) == lk && y.dim(1) == lq);
+  const int64_t d = channels / heads;
+  if (d > 512 || !amx_permitted()) return false;
+  const int64_t dp = round_up(d, 32), dv = round_up(d, 16);
+  const int64_t lk_pad = round_up(lk, kChunk);
+  const int64_t bh_count = batch * heads;
+  uint16_t* k_packed = onednn.scratch.get(Bf16Scratch::Slot::kOperand, bh_count * lk_pad * dp);
+  uint16_t* v_packed = onednn.scratch.get(Bf16Scratch::Slot::kValues, bh_count * lk_pad * dv);
+  const float log2e_alpha = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(d)));
+  const int64_t tiles = (lq + kQueries - 1) / kQueries;
+  const float* pq = q.data<float>();
+  float* py = y.data<float>();
+  // Below ~64K multiply-adds a parallel region costs more than the attention (tiny models').
+#pragma omp parallel if (bh_count * lq * lk * d > 65536)
+  {
+    pack_k(k.data<float>(), batch, lk, heads, d, lk_pad, dp, k_packed);
+    pack_v(v.data<float>(), batch, lk, heads, d, lk_pad, dv, v_packed);  // ends with the barrier
+    struct alignas(64) Line {
+      float lanes[16];
+    };
+    const int64_t probabilities = kQueries * kChunk / 2;  // floats' worth of one chunk's bf16
+    std::vector<Line> buffer(
+        static_cast<size_t>((kQueries * kChunk + 2 * probabilities + 2 * kQueries * dv + kQueries * dp / 2) / 16));
+    std::vector<Line> rows(4 * kQueries);
+    float* scores = buffer.data()->lanes;
+    float* out = scores + kQueries * kChunk + 2 * probabilities;
+    __m512* row_vectors = reinterpret_cast<__m512*>(rows.data());
+    const TileScratch scratch{scores,
+                              {reinterpret_cast<uint16_t*>(scores + kQueries * kChunk),
+                               reinterpret_cast<uint16_t*>(scores + kQueries * kChunk + probabilities)},
+                              out,
+                              out + kQueries * dv,
+                              row_vectors,
+                              row_vectors + kQueries,
+                              {row_vectors + 2 * kQueries, row_vectors + 3 * kQueries},
+                              reinterpret_cast<uint16_t*>(out + 2 * kQueries * dv)};
+    const TileConfig config;
+    _tile_loadconfig(&config);
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t bh = 0; bh < bh_count; ++bh) {
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t q0 = t * kQueries;
+        const int64_t key_end = causal && q0 + kQueries < lk ? q0 + kQueries : lk;
+        const int64_t at = ((bh / heads) * lq + q0) * channels + (bh % heads) * d;
+        pack_q(pq + at, lq - q0 < kQueries ? lq - q0 : kQueries, channels, d, dp, scratch.queries);
+        amx_tile(k_packed + bh * lk_pad * dp, v_packed + bh * lk_pad * dv, d, dp, dv, lq, q0, key_end, causal,
+                 log2e_alpha, py + at, channels, scratch);
+      }
+    }
+    _tile_release();
+  }
+  return true;
+}
+
+#else
+
+bool flash_attention_amx(OneDnn&, const Tensor&, const Tensor&, const Tensor&, int64_t, bool, Tensor&) { return false; }
+
+#endif
+
+}  // namespace sdstack::backend::cpu
