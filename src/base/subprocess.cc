@@ -170,7 +170,12 @@ Result<ChildProcess> spawn_process(const SpawnOptions& options) {
   } else {
     SD_RETURN_IF_ERROR(make_pipe(&out_read, &out_write));
   }
-  SD_RETURN_IF_ERROR(make_pipe(&err_read, &err_write));
+  if (options.stderr_fd >= 0) {
+    err_write.reset(::fcntl(options.stderr_fd, F_DUPFD_CLOEXEC, 3));
+    if (!err_write.valid()) return io_error("cannot pass the child's stderr: " + os_reason());
+  } else {
+    SD_RETURN_IF_ERROR(make_pipe(&err_read, &err_write));
+  }
   SD_RETURN_IF_ERROR(make_pipe(&failure_read, &failure_write));
 
   // Signals stay blocked across fork so that none of this process's handlers runs in the child
@@ -207,7 +212,7 @@ Result<ChildProcess> spawn_process(const SpawnOptions& options) {
   }
 
   if (out_read.valid()) ::fcntl(out_read.get(), F_SETFL, O_NONBLOCK);
-  ::fcntl(err_read.get(), F_SETFL, O_NONBLOCK);
+  if (err_read.valid()) ::fcntl(err_read.get(), F_SETFL, O_NONBLOCK);
   ChildProcess child;
   child.pid = pid;
   child.stdout_fd = std::move(out_read);

@@ -66,6 +66,7 @@ struct SpawnOptions {
   // /dev/null / a pipe: a file to upload, one end of a pipe to another process. -1: the default.
   int stdin_fd = -1;
   int stdout_fd = -1;
+  int stderr_fd = -1;  // likewise for stderr: then ChildProcess::stderr_fd is not valid
 };
 
 // A child started by spawn_process. The caller owns all of it: it must reap `pid` (waitpid) and the

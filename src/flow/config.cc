@@ -141,6 +141,12 @@ class Reader {
         if (host["resources"]) {
           SD_ASSIGN_OR_RETURN(config.resources, resources(host["resources"]));
         }
+        for (const SshHostConfig& other : backend.hosts) {
+          if (other.login.host == config.login.host && other.login.port == config.login.port) {
+            return error(host, "backend '" + backend.name + "' lists host " + config.login.display() +
+                                   " twice: each host once");
+          }
+        }
         backend.hosts.push_back(config);
       }
     } else if (type == "slurm") {

@@ -14,7 +14,10 @@ std::vector<Offer> list_offers(const Config& config) {
     if (backend.type == BackendConfig::Type::kSsh) {
       for (size_t i = 0; i < backend.hosts.size(); ++i) {
         const SshHostConfig& host = backend.hosts[i];
-        Offer offer{backend.name, backend.type, host.login.host, i, {}, host.price, host.resources.has_value()};
+        // The port tells hosts behind one address apart (forwarded ports).
+        std::string target = host.login.host;
+        if (host.login.port != 0 && host.login.port != 22) target.append(":").append(std::to_string(host.login.port));
+        Offer offer{backend.name, backend.type, target, i, {}, host.price, host.resources.has_value()};
         if (host.resources) offer.resources = *host.resources;
         offers.push_back(offer);
       }

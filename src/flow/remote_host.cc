@@ -96,8 +96,9 @@ base::Status RemoteHost::failure(const std::string& doing, const ProcessOutput& 
     return base::io_error(doing + ": cannot reach " + name() + (err.empty() ? "" : ": " + err) +
                           " (check the host is up and `ssh " + login_.display() + "` works with its key)");
   }
-  return base::io_error(doing + " on " + name() + " failed (exit code " + std::to_string(output.exit_code) + ")" +
-                        (err.empty() ? "" : ": " + err));
+  // It ran there and failed: not the network's doing (IoError means the host could not be reached).
+  return base::internal_error(doing + " on " + name() + " failed (exit code " + std::to_string(output.exit_code) +
+                              ")" + (err.empty() ? "" : ": " + err));
 }
 
 }  // namespace sdstack::flow

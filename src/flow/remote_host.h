@@ -38,6 +38,7 @@ class RemoteHost {
   bool unreachable(const base::ProcessOutput& output) const;
 
   // The error for a command that failed on the host: what was being done, the host and its stderr.
+  // IoError when the host could not be reached, Internal when the command ran there and failed.
   base::Status failure(const std::string& doing, const base::ProcessOutput& output) const;
 
  private:

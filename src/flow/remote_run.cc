@@ -2,6 +2,7 @@
 #include "flow/remote_run.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -118,25 +119,37 @@ Result<std::string> local_bundle(const StoreLayout& layout, std::string* hash_ou
   return bundle;
 }
 
+// What a process wrote into a memfd (its first 4 KiB).
+std::string read_back(int fd) {
+  std::string text(4096, '\0');
+  ssize_t got = pread(fd, text.data(), text.size(), 0);
+  text.resize(got > 0 ? static_cast<size_t>(got) : 0);
+  return text;
+}
+
 // Streams local folder `from` as a tar archive into `command` on `host` (which reads it on stdin).
 Status upload_folder(const RemoteHost& host, const std::string& from, const std::string& command,
                      const std::string& doing) {
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_CLOEXEC) != 0) return base::io_error(doing + ": pipe: " + std::strerror(errno));
   base::UniqueFd read_end(pipe_fds[0]), write_end(pipe_fds[1]);
+  // tar's complaints go to memory, read after it ends: an unread pipe could stall it.
+  base::UniqueFd errors(memfd_create("tar-errors", MFD_CLOEXEC));
   base::SpawnOptions tar;
   tar.argv = {"tar", "-C", from, "-cf", "-", "."};
   tar.stdout_fd = write_end.get();
+  tar.stderr_fd = errors.get();
   SD_ASSIGN_OR_RETURN(base::ChildProcess child, base::spawn_process(tar));
   write_end.reset();
   auto sent = host.run(command, read_end.get());
   read_end.reset();
-  child.stderr_fd.reset();
   int status = 0;
   waitpid(child.pid, &status, 0);
   if (!sent.is_ok()) return sent.status();
   if (sent->exit_code != 0) return host.failure(doing, *sent);
-  if (base::exit_code_from_wait_status(status) != 0) return base::io_error(doing + ": tar of " + from + " failed");
+  if (base::exit_code_from_wait_status(status) != 0) {
+    return base::internal_error(doing + ": tar of " + from + " failed: " + read_back(errors.get()));
+  }
   return Status::ok();
 }
 
@@ -148,19 +161,23 @@ Status download_folder(const RemoteHost& host, const std::string& command, const
   int pipe_fds[2];
   if (pipe2(pipe_fds, O_CLOEXEC) != 0) return base::io_error(doing + ": pipe: " + std::strerror(errno));
   base::UniqueFd read_end(pipe_fds[0]), write_end(pipe_fds[1]);
+  base::UniqueFd errors(memfd_create("tar-errors", MFD_CLOEXEC));
   base::SpawnOptions tar;
   tar.argv = {"tar", "-C", to, "-xf", "-"};
   tar.stdin_fd = read_end.get();
+  tar.stdout_fd = errors.get();
+  tar.stderr_fd = errors.get();
   SD_ASSIGN_OR_RETURN(base::ChildProcess child, base::spawn_process(tar));
   read_end.reset();
-  child.stdout_fd.reset();
   auto got = host.run(command, -1, write_end.get());
   write_end.reset();
   int status = 0;
   waitpid(child.pid, &status, 0);
   if (!got.is_ok()) return got.status();
   if (got->exit_code != 0) return host.failure(doing, *got);
-  if (base::exit_code_from_wait_status(status) != 0) return base::io_error(doing + ": unpacking into " + to + " failed");
+  if (base::exit_code_from_wait_status(status) != 0) {
+    return base::internal_error(doing + ": unpacking into " + to + " failed: " + read_back(errors.get()));
+  }
   return Status::ok();
 }
 
@@ -199,9 +216,14 @@ class RemoteSupervisor {
       outcome.offer_gone = infrastructure;
       return outcome;
     };
+    std::string run_dir;  // set once the run's folder exists there
     auto setup_failure = [&](const Status& status) {
-      // Not reaching the host before the job started is the infrastructure's failure too.
-      return fail(status.message(), status.code() == base::StatusCode::kIoError);
+      // Not reaching the host before the job started is the infrastructure's failure too (an
+      // unreachable host is an IoError; a command that ran there and failed is not). A folder made
+      // on a host that answers is removed.
+      bool unreachable = status.code() == base::StatusCode::kIoError;
+      if (!unreachable && !run_dir.empty()) (void)host.run("rm -rf " + shell_quote(run_dir), -1, -1, 30);
+      return fail(status.message(), unreachable);
     };
 
     // 1. The remote folders, made absolute, and the agent.
@@ -210,14 +232,23 @@ class RemoteSupervisor {
                          -1, -1, config_.lost_after_seconds);
     if (!base.is_ok()) return setup_failure(base.status());
     if (base->exit_code != 0) return setup_failure(host.failure("making the run's folder", *base));
-    std::string base_dir = base->out.substr(0, base->out.find('\n'));
+    // The last line: a login shell may print a banner first.
+    std::string base_dir = base->out;
+    while (!base_dir.empty() && base_dir.back() == '\n') base_dir.pop_back();
+    base_dir = base_dir.substr(base_dir.rfind('\n') == std::string::npos ? 0 : base_dir.rfind('\n') + 1);
+    if (base_dir.empty() || base_dir[0] != '/') {
+      return fail("making the run's folder on " + host.name() + ": expected its absolute path, got '" + base_dir +
+                      "' (does the login shell print to stdout?)",
+                  false);
+    }
     auto agent = install_agent(host, base_dir, layout_);
     if (!agent.is_ok()) return setup_failure(agent.status());
-    const std::string run_dir = base_dir + "/runs/" + project_key(plan_.project_dir) + "/" + plan_.run + "." +
-                                std::to_string(attempt);
+    const std::string folder = base_dir + "/runs/" + project_key(plan_.project_dir) + "/" + plan_.run + "." +
+                               std::to_string(attempt);
 
     // 2. The working dir and the plan.
-    (void)log_.sys("sending the working dir to " + host.name() + ":" + run_dir);
+    (void)log_.sys("sending the working dir to " + host.name() + ":" + folder);
+    run_dir = folder;
     Status sent = upload_folder(host, base::join_path(fs::path(plan_.log_path).parent_path().string(), "work"),
                                 "rm -rf " + shell_quote(run_dir) + " && mkdir -p " + shell_quote(run_dir + "/work") +
                                     " && tar -C " + shell_quote(run_dir + "/work") + " -xf -",
@@ -248,14 +279,17 @@ class RemoteSupervisor {
     // 4. Follow it.
     Attempt outcome = follow(host, backend, offer, *agent, run_dir, job_id);
 
-    // 5. Its artifacts, then its folder (not on a host that is lost).
+    // 5. Its artifacts, then its folder. A lost host keeps it (the job may still run there); a Slurm
+    // job whose login host is lost is cancelled if the login answers again in time.
+    if (outcome.offer_gone) {
+      if (!job_id.empty()) (void)host.run(slurm_prefix(backend) + shell_command(scancel_argv(job_id, true)), -1, -1, 30);
+      return outcome;
+    }
     if (outcome.ending == Attempt::Ending::kFinished && outcome.result.artifacts == "store") {
       Status fetched = fetch_artifacts(host, run_dir);
-      if (!fetched.is_ok()) return fail("fetching the artifacts: " + fetched.message(), false);
+      if (!fetched.is_ok()) outcome = fail("fetching the artifacts: " + fetched.message(), false);
     }
-    if (outcome.ending != Attempt::Ending::kInfrastructure || offer.type == BackendConfig::Type::kSlurm) {
-      (void)host.run("rm -rf " + shell_quote(run_dir), -1, -1, config_.lost_after_seconds);
-    }
+    (void)host.run("rm -rf " + shell_quote(run_dir), -1, -1, config_.lost_after_seconds);
     return outcome;
   }
 
@@ -295,7 +329,12 @@ class RemoteSupervisor {
     request.memory_bytes = wanted.memory_bytes;
     request.gpu_count = wanted.gpu.count;
     request.gpu_name = wanted.gpu.name;
-    request.time_limit_minutes = (plan_.time_limit_seconds + 59) / 60;  // Slurm counts minutes
+    // Slurm counts minutes; its limit leaves room for the agent's own (a graceful stop, the grace
+    // period and the artifacts' saving) to act first.
+    if (plan_.time_limit_seconds > 0) {
+      request.time_limit_minutes = (plan_.time_limit_seconds + plan_.grace_seconds + 120 + 59) / 60;
+    }
+    request.export_env_names = {"ALL"};  // sbatch's environment, whatever SBATCH_EXPORT says
     request.work_dir = run_dir;
     request.output_path = run_dir + "/slurm.out";
     request.script_path = script_path;
@@ -319,11 +358,15 @@ class RemoteSupervisor {
   }
 
   // Asks the job to stop (graceful) or abort; returns whether the request reached it.
+  // A running Slurm job's graceful stop is SIGTERM to its batch step alone, the agent, which
+  // stops the job with the run's grace period and saves the artifacts; a pending one is cancelled.
   bool send_stop(const RemoteHost& host, const BackendConfig& backend, const std::string& agent,
-                 const std::string& run_dir, const std::string& job_id, bool abort) {
+                 const std::string& run_dir, const std::string& job_id, bool abort, bool agent_running) {
+    std::vector<std::string> scancel = scancel_argv(job_id, abort);
+    if (!abort && agent_running) scancel = {"scancel", "--batch", "--signal=TERM", job_id};
     std::string command = job_id.empty()
                               ? shell_quote(agent) + " __agent stop --dir " + shell_quote(run_dir) + (abort ? " --abort" : "")
-                              : slurm_prefix(backend) + shell_command(scancel_argv(job_id, abort));
+                              : slurm_prefix(backend) + shell_command(scancel);
     auto sent = host.run(command, -1, -1, config_.lost_after_seconds);
     bool ok = sent.is_ok() && sent->exit_code == 0;
     (void)log_.sys(std::string(abort ? "abort" : "graceful stop") + (ok ? " sent to " : " could not reach ") +
@@ -343,11 +386,13 @@ class RemoteSupervisor {
     int64_t offset = 0;
     int sent_request = 0;
     Clock::time_point last_contact = Clock::now();
-    int polls_since_slurm_end = 0;
     std::optional<SlurmJobState> slurm_end;
+    Clock::time_point slurm_end_seen, last_slurm_query;
+    bool agent_running = false;
+    int unreadable = 0;
     for (;;) {
       if (int request = pending_stop_request(); request > sent_request) {
-        if (send_stop(host, backend, agent, run_dir, job_id, request == 2)) sent_request = request;
+        if (send_stop(host, backend, agent, run_dir, job_id, request == 2, agent_running)) sent_request = request;
       }
       auto polled = host.run(shell_quote(agent) + " __agent poll --dir " + shell_quote(run_dir) + " --offset " +
                                  std::to_string(offset),
@@ -356,7 +401,15 @@ class RemoteSupervisor {
       if (reached) {
         last_contact = Clock::now();
         auto poll = parse_agent_poll(polled->out);
+        if (!poll.is_ok() && ++unreadable >= 10) {
+          outcome.ending = Attempt::Ending::kError;
+          outcome.reason = "the agent's answers on " + host.name() + " can't be read (" + poll.status().message() +
+                           "); does the login shell print to stdout?";
+          return outcome;
+        }
         if (poll.is_ok()) {
+          unreadable = 0;
+          agent_running = agent_running || poll->state != AgentPoll::State::kStarting;
           if (!poll->log.empty()) (void)log_.append_lines(poll->log);
           offset = poll->log_size;
           if (poll->state == AgentPoll::State::kFinished && poll->log.empty()) {
@@ -381,11 +434,19 @@ class RemoteSupervisor {
         return outcome;
       }
       if (!job_id.empty() && reached) {
-        // A Slurm job that left the queue without the agent's result: Slurm says why.
-        if (!slurm_end) {
+        // A Slurm job that left the queue without the agent's result: Slurm says why. Asked every
+        // few seconds, not at every poll; a job that completed cleanly gets a minute for its
+        // result.json to show on the shared file system (NFS caches lookups).
+        if (!slurm_end && Clock::now() - last_slurm_query > std::chrono::seconds(5)) {
+          last_slurm_query = Clock::now();
           auto state = slurm_state(host, backend, job_id);
-          if (state.is_ok() && state->phase == SlurmJobState::Phase::kFinished) slurm_end = *state;
-        } else if (++polls_since_slurm_end >= 3) {
+          if (state.is_ok() && state->phase == SlurmJobState::Phase::kFinished) {
+            slurm_end = *state;
+            slurm_end_seen = Clock::now();
+          }
+        } else if (slurm_end &&
+                   Clock::now() - slurm_end_seen > std::chrono::seconds(
+                                                       slurm_end->cause == SlurmJobState::Cause::kNone ? 60 : 3)) {
           outcome.ending = slurm_end->infrastructure_failure() ? Attempt::Ending::kInfrastructure
                                                                : Attempt::Ending::kFinished;
           outcome.reason = slurm_end->describe();
@@ -424,12 +485,16 @@ class RemoteSupervisor {
   Status fetch_artifacts(const RemoteHost& host, const std::string& run_dir) {
     const std::string key = artifact_key(plan_.project_dir, plan_.run);
     const std::string staging = base::temporary_path(base::join_path(layout_.root, "incoming-" + plan_.run));
-    SD_RETURN_IF_ERROR(download_folder(host, "tar -C " + shell_quote(run_dir + "/store") + " -cf - .", staging,
-                                       "fetching the artifacts"));
+    Status downloaded = download_folder(host, "tar -C " + shell_quote(run_dir + "/store") + " -cf - .", staging,
+                                        "fetching the artifacts");
+    std::error_code ignored;
+    if (!downloaded.is_ok()) {
+      fs::remove_all(staging, ignored);
+      return downloaded;
+    }
     ArtifactStore incoming(staging);
     ArtifactStore local(layout_.artifacts());
     Status pushed = incoming.push(key, local);
-    std::error_code ignored;
     fs::remove_all(staging, ignored);
     return pushed;
   }

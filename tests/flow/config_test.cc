@@ -114,6 +114,8 @@ TEST(ConfigTest, RefusesMistakesNamingTheLine) {
       {"backends:\n  - {name: a, type: ssh, hosts: [{host: h}]}\n  - {name: a, type: slurm}\n",
        "config.yaml:3:5: two backends are named 'a': names must be unique"},
       {"lost_after: soon\n", "config.yaml:1:13: 'lost_after' is a duration like 30s or 2m, not 'soon'"},
+      {"backends:\n  - name: a\n    type: ssh\n    hosts:\n      - host: h\n      - host: h\n",
+       "config.yaml:6:9: backend 'a' lists host h twice: each host once"},
       {"artifacts: {type: s3, bucket: b}\n", "config.yaml:1:12: the S3 store needs 'endpoint' and 'bucket'"},
   };
   for (const BadConfig& bad : cases) {
