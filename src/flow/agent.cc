@@ -26,7 +26,6 @@
 #include "flow/run_log.h"
 #include "flow/s3.h"
 
-extern char** environ;
 
 namespace sdstack::flow {
 namespace {
@@ -93,14 +92,9 @@ int64_t read_pid(const std::string& run_dir) {
 // The job's environment: the host's, without what sdstack's bundle and start request put there,
 // then the plan's, then the secrets. The bundled sdstack comes first on PATH.
 std::vector<std::string> job_environment(const RemotePlan& plan, const AgentSecrets& secrets) {
-  std::map<std::string, std::string> variables;
-  for (char** entry = environ; *entry != nullptr; ++entry) {
-    std::string text = *entry;
-    size_t equals = text.find('=');
-    if (equals != std::string::npos) variables[text.substr(0, equals)] = text.substr(equals + 1);
-  }
+  std::map<std::string, std::string> variables = current_environment();
   if (variables.count(kBundleDir)) {
-    variables["PATH"] = variables[kBundleDir] + (variables.count("PATH") ? ":" + variables["PATH"] : "");
+    prepend_to_path(variables, variables[kBundleDir]);
     std::string original = variables[kOriginalLibraryPath];
     if (original.empty()) {
       variables.erase("LD_LIBRARY_PATH");
@@ -109,23 +103,11 @@ std::vector<std::string> job_environment(const RemotePlan& plan, const AgentSecr
     }
   }
   for (const char* name : {kBundleDir, kOriginalLibraryPath, kS3AccessVariable, kS3SecretVariable}) variables.erase(name);
-  for (const std::string& entry : plan.env) {
-    size_t equals = entry.find('=');
-    variables[entry.substr(0, equals)] = entry.substr(equals + 1);
-  }
-  for (const auto& [name, value] : secrets.env) variables[name] = value;
-  std::vector<std::string> env;
-  for (const auto& [name, value] : variables) env.push_back(name + "=" + value);
-  return env;
+  return flatten_environment(std::move(variables), plan.env, secrets.env);
 }
 
 std::unique_ptr<S3Client> s3_client(const RemotePlan& plan, const AgentSecrets& secrets) {
-  S3Config config;
-  config.endpoint = plan.s3->endpoint;
-  config.region = plan.s3->region;
-  config.bucket = plan.s3->bucket;
-  config.prefix = plan.s3->prefix;
-  config.path_style = plan.s3->path_style;
+  S3Config config = s3_config_of(*plan.s3);
   config.access_key = secrets.s3_access_key;
   config.secret_key = secrets.s3_secret_key;
   return std::make_unique<S3Client>(config);

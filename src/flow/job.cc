@@ -20,6 +20,8 @@
 
 #include "base/file.h"
 
+extern char** environ;
+
 namespace sdstack::flow {
 
 using base::Result;
@@ -425,6 +427,34 @@ Result<JobResult> Job::wait() {
   result.stopped = request == Request::kStop;
   result.aborted = request == Request::kAbort;
   return result;
+}
+
+std::map<std::string, std::string> current_environment() {
+  std::map<std::string, std::string> variables;
+  for (char** entry = environ; *entry != nullptr; ++entry) {
+    std::string text = *entry;
+    size_t equals = text.find('=');
+    if (equals != std::string::npos) variables[text.substr(0, equals)] = text.substr(equals + 1);
+  }
+  return variables;
+}
+
+std::vector<std::string> flatten_environment(std::map<std::string, std::string> variables,
+                                             const std::vector<std::string>& entries,
+                                             const std::map<std::string, std::string>& secrets) {
+  for (const std::string& entry : entries) {
+    size_t equals = entry.find('=');
+    variables[entry.substr(0, equals)] = equals == std::string::npos ? "" : entry.substr(equals + 1);
+  }
+  for (const auto& [name, value] : secrets) variables[name] = value;
+  std::vector<std::string> env;
+  for (const auto& [name, value] : variables) env.push_back(name + "=" + value);
+  return env;
+}
+
+void prepend_to_path(std::map<std::string, std::string>& variables, const std::string& dir) {
+  auto path = variables.find("PATH");
+  variables["PATH"] = path == variables.end() ? dir : dir + ":" + path->second;
 }
 
 namespace {

@@ -11,6 +11,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -118,6 +119,15 @@ class Job {
   base::UniqueFd control_read_, control_write_;  // the self-pipe of stop/abort requests
   base::UniqueFd exit_fd_;                       // a pidfd, readable when the main process ends (or -1)
 };
+
+// A job's environment is built from this process's: read it as name -> value, edit it, then
+// flatten it with the plan's "K=V" entries and the secrets on top (later ones win).
+std::map<std::string, std::string> current_environment();
+std::vector<std::string> flatten_environment(std::map<std::string, std::string> variables,
+                                             const std::vector<std::string>& entries,
+                                             const std::map<std::string, std::string>& secrets);
+// `dir` first on variables' PATH.
+void prepend_to_path(std::map<std::string, std::string>& variables, const std::string& dir);
 
 // A supervising process's stop signals: SIGTERM and SIGINT ask for a graceful stop, SIGUSR1 for an
 // abort; SIGHUP and SIGPIPE are ignored (the process outlives its terminal and its readers).

@@ -30,7 +30,6 @@
 #include "flow/remote_run.h"
 #include "flow/run_log.h"
 
-extern char** environ;
 
 namespace sdstack::flow {
 namespace {
@@ -576,22 +575,9 @@ namespace {
 // The environment the job sees: the supervisor's own (the caller's), then the plan's, then secrets.
 std::vector<std::string> job_environment(const JobPlan& plan, const std::map<std::string, std::string>& secrets,
                                          const std::string& self_dir) {
-  std::map<std::string, std::string> variables;
-  for (char** entry = environ; *entry != nullptr; ++entry) {
-    std::string text = *entry;
-    size_t equals = text.find('=');
-    if (equals != std::string::npos) variables[text.substr(0, equals)] = text.substr(equals + 1);
-  }
-  // The job finds the same sdstack that started it first on PATH.
-  variables["PATH"] = self_dir + (variables.count("PATH") ? ":" + variables["PATH"] : "");
-  for (const std::string& entry : plan.env) {
-    size_t equals = entry.find('=');
-    variables[entry.substr(0, equals)] = entry.substr(equals + 1);
-  }
-  for (const auto& [name, value] : secrets) variables[name] = value;
-  std::vector<std::string> env;
-  for (const auto& [name, value] : variables) env.push_back(name + "=" + value);
-  return env;
+  std::map<std::string, std::string> variables = current_environment();
+  prepend_to_path(variables, self_dir);  // the job finds the same sdstack that started it first on PATH
+  return flatten_environment(std::move(variables), plan.env, secrets);
 }
 
 std::string self_directory() {

@@ -593,12 +593,7 @@ Status detect_slurm_partitions(BackendConfig& backend, const StoreLayout& layout
 
 Result<std::unique_ptr<S3Client>> artifact_s3_client(const Config& config) {
   if (!config.artifacts) return base::not_found("no S3 artifact store is configured (`sdstack config s3`)");
-  S3Config s3;
-  s3.endpoint = config.artifacts->endpoint;
-  s3.region = config.artifacts->region;
-  s3.bucket = config.artifacts->bucket;
-  s3.prefix = config.artifacts->prefix;
-  s3.path_style = config.artifacts->path_style;
+  S3Config s3 = s3_config_of(*config.artifacts);
   SD_RETURN_IF_ERROR(load_s3_credentials(s3, config.artifacts->credentials_file, config.artifacts->profile));
   return std::make_unique<S3Client>(s3);
 }

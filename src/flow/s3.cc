@@ -188,6 +188,16 @@ Result<std::pair<std::string, int64_t>> hash_file(int fd, const std::string& nam
 
 // ---- Credentials, XML, URLs -------------------------------------------------------------------
 
+S3Config s3_config_of(const S3StoreConfig& store) {
+  S3Config config;
+  config.endpoint = store.endpoint;
+  config.region = store.region;
+  config.bucket = store.bucket;
+  config.prefix = store.prefix;
+  config.path_style = store.path_style;
+  return config;
+}
+
 Status load_s3_credentials(S3Config& config, const std::string& credentials_file, const std::string& profile) {
   if (!config.access_key.empty() && !config.secret_key.empty()) return Status::ok();
   const std::string env_access = getenv_string("AWS_ACCESS_KEY_ID");

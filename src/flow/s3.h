@@ -9,6 +9,7 @@
 
 #include "base/status.h"
 #include "flow/artifact_store.h"
+#include "flow/config.h"
 
 namespace sdstack::flow {
 
@@ -26,6 +27,9 @@ struct S3Config {
 // ("" = $AWS_SHARED_CREDENTIALS_FILE, else ~/.aws/credentials), section [`profile`] ("" =
 // $AWS_PROFILE, else "default"), keys aws_access_key_id and aws_secret_access_key. NotFound naming
 // both places when neither has them; the error never holds a key.
+// The client's config for the store `sdstack config s3` described (credentials not filled in).
+S3Config s3_config_of(const S3StoreConfig& store);
+
 base::Status load_s3_credentials(S3Config& config, const std::string& credentials_file, const std::string& profile);
 
 // One page of a ListObjectsV2 answer.

@@ -408,10 +408,7 @@ TEST_F(RunnerTest, CodeProviderServesJupyterWithItsToken) {
 
 // The seed tutorial: pull (here: the offline stand-in), then prompt, then find output/0.png.
 TEST_F(RunnerTest, StableDiffusionExampleMakesAnImage) {
-  std::filesystem::copy(std::string(SDSTACK_SOURCE_DIR) + "/examples/stable-diffusion", project_.path(),
-                        std::filesystem::copy_options::recursive | std::filesystem::copy_options::overwrite_existing);
-  git({"add", "-A"});
-  git({"commit", "-q", "-m", "example"});
+  copy_seed_example();
   ASSERT_EQ(sd({"init"}).exit_code, 0);
   CommandResult pull = sd({"run", "stable-diffusion", "-e", "HF_HUB_OFFLINE=1"});
   ASSERT_EQ(pull.exit_code, 0) << pull.err;

@@ -20,6 +20,16 @@ using testing::CommandResult;
 using testing::contains;
 using testing::TempDir;
 
+// A job that ticks until SIGTERM, whose trap leaves out/state as its artifact.
+constexpr const char* kTicker =
+    "  - name: ticker\n"
+    "    commands:\n"
+    "      - mkdir -p out\n"
+    "      - trap 'echo got-term; echo stopped > out/state; exit 0' TERM\n"
+    "      - for i in $(seq 1 600); do echo tick $i; sleep 0.2; done & wait\n"
+    "    artifacts:\n"
+    "      - path: ./out\n";
+
 class RemoteRunTest : public testing::ProjectTest {
  protected:
   // `sdstack config ssh lab` with both hosts; lost after `lost_after`.
@@ -46,10 +56,7 @@ class RemoteRunTest : public testing::ProjectTest {
 
   // The seed example, initialised, with its model made by the local stable-diffusion run.
   void seed_example() {
-    std::filesystem::copy(std::string(SDSTACK_SOURCE_DIR) + "/examples/stable-diffusion", project_.path(),
-                          std::filesystem::copy_options::recursive | std::filesystem::copy_options::overwrite_existing);
-    git({"add", "-A"});
-    git({"commit", "-q", "-m", "example"});
+    copy_seed_example();
     ASSERT_EQ(sd({"init"}).exit_code, 0);
     CommandResult pull = sd({"run", "stable-diffusion", "-e", "HF_HUB_OFFLINE=1"});
     ASSERT_EQ(pull.exit_code, 0) << pull.err;
@@ -132,14 +139,7 @@ TEST_F(RemoteRunTest, LogsStreamAndStopReachesTheSshHost) {
   SDSTACK_REQUIRE_ENGINE(hosts, "ssh_hosts");
   configure_hosts(hosts);
   write_workflows(
-      "workflows:\n"
-      "  - name: ticker\n"
-      "    commands:\n"
-      "      - mkdir -p out\n"
-      "      - trap 'echo got-term; echo stopped > out/state; exit 0' TERM\n"
-      "      - for i in $(seq 1 600); do echo tick $i; sleep 0.2; done & wait\n"
-      "    artifacts:\n"
-      "      - path: ./out\n");
+      std::string("workflows:\n") + kTicker);
   ASSERT_EQ(sd({"init"}).exit_code, 0);
   std::string run = detached({"ticker", "--remote", "--stop-grace", "20"});
   ASSERT_TRUE(wait_for([&] { return contains(logs(run), "tick 5"); }, 90)) << logs(run);
@@ -241,14 +241,7 @@ TEST_F(RemoteRunTest, SlurmStopAndOutOfMemory) {
   SDSTACK_REQUIRE_ENGINE(slurm, "slurm");
   configure_slurm(slurm);
   write_workflows(
-      "workflows:\n"
-      "  - name: ticker\n"
-      "    commands:\n"
-      "      - mkdir -p out\n"
-      "      - trap 'echo got-term; echo stopped > out/state; exit 0' TERM\n"
-      "      - for i in $(seq 1 600); do echo tick $i; sleep 0.2; done & wait\n"
-      "    artifacts:\n"
-      "      - path: ./out\n"
+      std::string("workflows:\n") + kTicker +
       "  - name: hog\n"
       "    commands:\n"
       "      - head -c 800M /dev/zero | tail\n");  // tail holds the one 800 MB \"line\" in memory

@@ -19,6 +19,13 @@ void ProjectTest::SetUp() {
   std::filesystem::create_directories(project_.file(".sdstack/workflows"));
 }
 
+void ProjectTest::copy_seed_example() {
+  std::filesystem::copy(std::string(SDSTACK_SOURCE_DIR) + "/examples/stable-diffusion", project_.path(),
+                        std::filesystem::copy_options::recursive | std::filesystem::copy_options::overwrite_existing);
+  git({"add", "-A"});
+  git({"commit", "-q", "-m", "example"});
+}
+
 void ProjectTest::write_workflows(const std::string& yaml) {
   write_text_file(project_.file(".sdstack/workflows/test.yaml"), yaml);
   git({"add", "-A"});

@@ -19,6 +19,8 @@ class ProjectTest : public ::testing::Test {
  protected:
   void SetUp() override;
 
+  // Copies examples/stable-diffusion (the seed tutorial) into the project and commits it.
+  void copy_seed_example();
   // Writes .sdstack/workflows/test.yaml and commits it.
   void write_workflows(const std::string& yaml);
   void git(std::vector<std::string> args);
