@@ -92,9 +92,9 @@ std::string dims(const Tensor& t) {
   return s;
 }
 
-// The bf16 rounding a convolution or linear does on its input, timed on its own.
+// The bf16 rounding a convolution or linear does on an f32 input, timed on its own.
 void time_src_conversion(Profile& profile, bool bf16, const Tensor& x) {
-  if (!bf16) return;
+  if (!bf16 || x.dtype() != DType::kF32) return;
   static std::vector<uint16_t> copy;
   if (copy.size() < static_cast<size_t>(x.numel())) copy.resize(static_cast<size_t>(x.numel()));
   profile.time("bf16 src conversion", "", 0, [&] { cpu::convert_to_bf16(x.data<float>(), copy.data(), x.numel()); });
@@ -149,6 +149,7 @@ class TimedBackend final : public Backend {
   Profile& profile() { return profile_; }
 
   std::string name() const override { return inner_->name(); }
+  DType operand_dtype() const override { return inner_->operand_dtype(); }
   std::unique_ptr<Conv2d> make_conv2d(const Tensor& weight, const Tensor& bias, const Conv2dParams& params) override {
     return std::make_unique<TimedConv2d>(inner_->make_conv2d(weight, bias, params), profile_, bf16_);
   }

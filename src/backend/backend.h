@@ -6,6 +6,10 @@
 //    can plan and reuse its buffers. Unless an op says otherwise, `y` may not alias an input.
 //  - Inputs are contiguous; activations are f32 in memory. With compute_dtype bf16 (CPU backend),
 //    convolutions, linears and matmuls round their inputs to bf16 and accumulate in f32.
+//  - Operands: convolutions and linears also take their input x in operand_dtype(), and the ops
+//    that feed them (group norm, layer norm, GEGLU) may write y in it. In bf16 compute that is
+//    bf16: the same numbers the consumer would have rounded to, without the rounding pass and at
+//    half the memory traffic. Everything else (residuals, attention, elementwise ops) stays f32.
 //  - Weights come in their checkpoint layout and dtype (torch's OIHW conv weights, [out, in]
 //    linear weights, f16/bf16/f32) and are prepared once by make_conv2d/make_linear.
 //  - A backend object is used by one thread at a time; it parallelises inside each op.
@@ -68,7 +72,8 @@ struct Conv2dExtras {
 class Conv2d {
  public:
   virtual ~Conv2d() = default;
-  // x: [N, H, W, Cin]; y: [N, Ho, Wo, Cout] with Ho = params().out_height(H, k), Wo = params().out_width(W, k).
+  // x: [N, H, W, Cin], f32 or the backend's operand dtype; y: [N, Ho, Wo, Cout] f32 with
+  // Ho = params().out_height(H, k), Wo = params().out_width(W, k).
   virtual void run(const Tensor& x, Tensor& y, const Conv2dExtras& extras = {}) = 0;
   virtual int64_t in_channels() const = 0;
   virtual int64_t out_channels() const = 0;
@@ -86,7 +91,8 @@ struct LinearExtras {
 class Linear {
  public:
   virtual ~Linear() = default;
-  // x: [..., in_features]; y: [..., out_features] (same leading dims).
+  // x: [..., in_features], f32 or the backend's operand dtype; y: [..., out_features] f32 (same
+  // leading dims).
   virtual void run(const Tensor& x, Tensor& y, const LinearExtras& extras = {}) = 0;
   virtual int64_t in_features() const = 0;
   virtual int64_t out_features() const = 0;
@@ -96,6 +102,9 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // The dtype convolutions and linears read their input in without converting it (see the
+  // conventions above): kF32 unless the backend computes them in bf16.
+  virtual DType operand_dtype() const { return DType::kF32; }
 
   // weight: [Cout, Cin, k, k] (torch layout, any dtype); bias: [Cout] or undefined.
   virtual std::unique_ptr<Conv2d> make_conv2d(const Tensor& weight, const Tensor& bias, const Conv2dParams& params) = 0;
@@ -107,10 +116,11 @@ class Backend {
   virtual void matmul(const Tensor& a, const Tensor& b, Tensor& y, bool transpose_b = false, float alpha = 1.0f) = 0;
 
   // Group norm over NHWC x: [N, H, W, C], C divisible by `groups`; gamma, beta: [C] f32.
-  // The activation (none or SiLU) is fused. y may alias x.
+  // The activation (none or SiLU) is fused. y: f32 (may alias x) or operand_dtype().
   virtual void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_t groups, float eps,
                           Activation activation, Tensor& y) = 0;
-  // Layer norm over the last dim of x: [..., C]; gamma, beta: [C] f32. y may alias x.
+  // Layer norm over the last dim of x: [..., C]; gamma, beta: [C] f32. y: f32 (may alias x) or
+  // operand_dtype().
   virtual void layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, Tensor& y) = 0;
   // Softmax over the last dim. y may alias x.
   virtual void softmax(const Tensor& x, Tensor& y) = 0;
@@ -124,7 +134,7 @@ class Backend {
   // y = act(x), elementwise. y may alias x.
   virtual void activation(const Tensor& x, Activation activation, Tensor& y) = 0;
   // GEGLU as diffusers computes it: x: [..., 2F] split into (h, gate) along the last dim;
-  // y: [..., F] = h * gelu(gate).
+  // y: [..., F] = h * gelu(gate), f32 or operand_dtype().
   virtual void geglu(const Tensor& x, Tensor& y) = 0;
   // y = a + b and y = a * b. b has a's shape, or the shape of a's trailing dims (broadcast over
   // the leading ones: a bias [C] over [N, H, W, C]). y may alias a.

@@ -13,6 +13,7 @@ using backend::Conv2dExtras;
 using backend::Conv2dParams;
 using backend::LinearExtras;
 using base::Result;
+using tensor::DType;
 
 namespace {
 
@@ -63,13 +64,18 @@ Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor& silu_temb) const {
     time_emb_proj_->run(silu_temb, time_bias);
     conv1_extras.extra_bias = time_bias.reshape({out});
   }
+  // The convolutions' inputs are written in the backend's operand dtype (bf16 in bf16 compute).
+  const DType operand = backend.operand_dtype();
   Tensor h = Tensor::empty(with_channels(x, out));  // [N, H, W, out]
   {
-    Tensor normed = Tensor::empty(x.shape());  // [N, H, W, in], freed once conv1 has read it
+    Tensor normed = Tensor::empty(x.shape(), operand);  // [N, H, W, in], freed once conv1 has read it
     backend.group_norm(x, norm1_.gamma, norm1_.beta, options_.groups, options_.eps, Activation::kSiLU, normed);
     conv1_->run(normed, h, conv1_extras);
   }
-  backend.group_norm(h, norm2_.gamma, norm2_.beta, options_.groups, options_.eps, Activation::kSiLU, h);
+  // silu(norm2(h)): in place in f32; else into an operand copy, and conv1's f32 output is freed.
+  Tensor h_normed = operand == h.dtype() ? h : Tensor::empty(h.shape(), operand);
+  backend.group_norm(h, norm2_.gamma, norm2_.beta, options_.groups, options_.eps, Activation::kSiLU, h_normed);
+  h = Tensor();
 
   // y = shortcut(x) + conv2(h), the residual fused into conv2. A 1x1 shortcut is written straight
   // into y, which conv2 then accumulates onto (the residual may alias the output).
@@ -80,7 +86,7 @@ Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor& silu_temb) const {
     conv_shortcut_->run(x, y);
     conv2_extras.residual = y;
   }
-  conv2_->run(h, y, conv2_extras);
+  conv2_->run(h_normed, y, conv2_extras);
   if (options_.output_scale_factor != 1.0f) backend.scale(y, 1.0f / options_.output_scale_factor, y);
   return y;
 }
@@ -239,14 +245,15 @@ Tensor Transformer2DModel::forward(const Tensor& x, const Tensor& context) const
   // h = proj_in(norm(x)): x: [N, H, W, C] -> h: [N, H*W, C]
   Tensor h = Tensor::empty({n, length, c});
   {
-    Tensor normed = Tensor::empty(x.shape());  // freed once proj_in has read it
+    Tensor normed = Tensor::empty(x.shape(), backend.operand_dtype());  // freed once proj_in has read it
     backend.group_norm(x, norm_.gamma, norm_.beta, options_.groups, kTransformerGroupNormEps, Activation::kNone,
                        normed);
     proj_in_->run(normed.reshape({n, length, c}), h);
   }
 
   // Buffers shared by the blocks.
-  Tensor h_normed = Tensor::empty({n, length, c});
+  // The linears' inputs are written in the backend's operand dtype (bf16 in bf16 compute).
+  Tensor h_normed = Tensor::empty({n, length, c}, backend.operand_dtype());
   Tensor q = Tensor::empty({n, length, c});
   Tensor self_k = Tensor::empty({n, length, c}), self_v = Tensor::empty({n, length, c});
   Tensor cross_k = Tensor::empty({n, context_length, c}), cross_v = Tensor::empty({n, context_length, c});
@@ -254,8 +261,9 @@ Tensor Transformer2DModel::forward(const Tensor& x, const Tensor& context) const
   // The feed-forward's rows per block (see kFeedForwardBlockRows) and its buffers for one block.
   const int64_t rows = n * length;
   const int64_t block_rows = rows >= 2 * c ? std::min(kFeedForwardBlockRows, rows) : rows;
-  Tensor ff_normed = Tensor::empty({block_rows, c});
-  Tensor ff_hidden = Tensor::empty({block_rows, 2 * ff}), ff_gated = Tensor::empty({block_rows, ff});
+  Tensor ff_normed = Tensor::empty({block_rows, c}, backend.operand_dtype());
+  Tensor ff_hidden = Tensor::empty({block_rows, 2 * ff});
+  Tensor ff_gated = Tensor::empty({block_rows, ff}, backend.operand_dtype());
   const LinearExtras add_to_h{Activation::kNone, h};  // y = x W^T + b + h, written over h
 
   for (const BasicTransformerBlock& block : transformer_blocks_) {

@@ -431,10 +431,11 @@ Result<Tensor> UNet2DConditionModel::forward(const Tensor& sample, float timeste
   assert(skips.empty());
 
   // 6. Out: conv_out(silu(conv_norm_out(h))): [B, h, w, C0] -> [B, h, w, out].
+  Tensor normed = backend_.operand_dtype() == h.dtype() ? h : Tensor::empty(h.shape(), backend_.operand_dtype());
   backend_.group_norm(h, conv_norm_out_.gamma, conv_norm_out_.beta, config_.norm_num_groups,
-                      static_cast<float>(config_.norm_eps), Activation::kSiLU, h);
+                      static_cast<float>(config_.norm_eps), Activation::kSiLU, normed);
   Tensor out = Tensor::empty({batch, h.dim(1), h.dim(2), config_.out_channels});
-  conv_out_->run(h, out);
+  conv_out_->run(normed, out);
   return out;
 }
 

@@ -33,6 +33,7 @@
 #include <cstdlib>
 #include <memory>
 #include <numbers>
+#include <string>
 #include <vector>
 
 #include "backend/backend.h"
@@ -496,6 +497,47 @@ TEST(CpuBf16Backend, OtherOpsStayF32) {
   bf16_backend()->activation(x, Activation::kGELU, a);
   f32.activation(x, Activation::kGELU, b);
   EXPECT_EQ(max_rel_diff(a, b), 0.0f) << "gelu";
+}
+
+// Norms and GEGLU write bf16 operands that are exactly their f32 results rounded; convolutions and
+// linears read them exactly as they would have rounded the f32 input themselves. Odd channel
+// counts reach the conversion's scalar tail.
+TEST(CpuBf16Backend, Bf16OperandsAreTheRoundedF32Ones) {
+  SKIP_WITHOUT_BF16();
+  Backend& bf16 = *bf16_backend();
+  EXPECT_EQ(bf16.operand_dtype(), DType::kBF16);
+  EXPECT_EQ(backend::testing::cpu_backend().operand_dtype(), DType::kF32);
+  EXPECT_EQ(reference_backend().operand_dtype(), DType::kF32);
+  for (const int64_t c : {int64_t{64}, int64_t{40}}) {
+    SCOPED_TRACE("channels " + std::to_string(c));
+    const Tensor x = random_tensor({2, 5, 7, c}, 3900 + c, -2.0f, 3.0f);
+    const Tensor gamma = random_tensor({c}, 3901, 0.5f, 1.5f), beta = random_tensor({c}, 3902);
+    Tensor f32 = Tensor::empty(x.shape()), operand = Tensor::empty(x.shape(), DType::kBF16);
+    for (const Activation act : {Activation::kNone, Activation::kSiLU}) {
+      bf16.group_norm(x, gamma, beta, 8, 1e-5f, act, f32);
+      bf16.group_norm(x, gamma, beta, 8, 1e-5f, act, operand);
+      EXPECT_EQ(max_rel_diff(operand.to(DType::kF32), rounded(f32)), 0.0f) << "group norm";
+    }
+    bf16.layer_norm(x, gamma, beta, 1e-5f, f32);
+    bf16.layer_norm(x, gamma, beta, 1e-5f, operand);
+    EXPECT_EQ(max_rel_diff(operand.to(DType::kF32), rounded(f32)), 0.0f) << "layer norm";
+    Tensor gated = Tensor::empty({2, 5, 7, c / 2}), gated_operand = Tensor::empty({2, 5, 7, c / 2}, DType::kBF16);
+    bf16.geglu(x, gated);
+    bf16.geglu(x, gated_operand);
+    EXPECT_EQ(max_rel_diff(gated_operand.to(DType::kF32), rounded(gated)), 0.0f) << "geglu";
+
+    const Tensor x_operand = x.to(DType::kBF16);
+    const Tensor conv_weight = random_tensor({24, c, 3, 3}, 3903, -0.1f, 0.1f), bias = random_tensor({24}, 3904);
+    std::unique_ptr<Conv2d> conv = bf16.make_conv2d(conv_weight, bias, Conv2dParams{1, 1});
+    Tensor from_f32 = Tensor::empty({2, 5, 7, 24}), from_operand = Tensor::empty({2, 5, 7, 24});
+    conv->run(x, from_f32);
+    conv->run(x_operand, from_operand);
+    EXPECT_EQ(max_rel_diff(from_operand, from_f32), 0.0f) << "conv";
+    std::unique_ptr<Linear> linear = bf16.make_linear(random_tensor({24, c}, 3905, -0.1f, 0.1f), bias);
+    linear->run(x, from_f32);
+    linear->run(x_operand, from_operand);
+    EXPECT_EQ(max_rel_diff(from_operand, from_f32), 0.0f) << "linear";
+  }
 }
 
 TEST(CpuBf16Backend, ReferenceBackendRefusesBf16) {

@@ -18,6 +18,7 @@ class CpuBackend final : public Backend {
   }
 
   std::string name() const override { return "cpu"; }
+  DType operand_dtype() const override { return onednn_->compute_dtype; }
 
   std::unique_ptr<Conv2d> make_conv2d(const Tensor& weight, const Tensor& bias, const Conv2dParams& params) override {
     return cpu::make_onednn_conv2d(onednn_, weight, bias, params);

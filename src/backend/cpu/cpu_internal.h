@@ -46,7 +46,8 @@ dnnl::memory::desc plain_desc(DType dtype, const dnnl::memory::dims& dims, dnnl:
 
 // y = x rounded to bf16 (nearest even, as tensor::f32_to_bf16), for `count` floats, in parallel.
 void convert_to_bf16(const float* x, uint16_t* y, int64_t count);
-// `x` as the compute dtype's operand: x itself for f32 compute, else a bf16 copy in `slot`.
+// `x` (f32, or already in the compute dtype) as the compute dtype's operand: x itself when it is
+// in the compute dtype, else a bf16 copy in `slot`.
 const void* compute_operand(OneDnn& onednn, const Tensor& x, Bf16Scratch::Slot slot);
 
 // Appends `activation` as a oneDNN eltwise post-op (nothing for kNone).

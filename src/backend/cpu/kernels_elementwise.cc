@@ -2,6 +2,7 @@
 // concatenation. Plain loops over contiguous f32, parallel over rows, vectorised by the compiler.
 #include <cassert>
 #include <cstring>
+#include <vector>
 
 #include "backend/cpu/cpu_internal.h"
 #include "backend/cpu/vec_math.h"
@@ -64,18 +65,24 @@ void activation(const Tensor& x, Activation act, Tensor& y) {
 // x: [rows, 2F] -> y: [rows, F] = x[:, :F] * gelu(x[:, F:]).
 void geglu(const Tensor& x, Tensor& y) {
   check_f32_contiguous(x);
-  check_f32_contiguous(y);
+  assert(y.is_contiguous() && (y.dtype() == DType::kF32 || y.dtype() == DType::kBF16));
   const int64_t features = y.dim(-1);
   assert(x.dim(-1) == 2 * features);
   const int64_t rows = y.numel() / features;
   const float* in = x.data<float>();
-  float* out = y.data<float>();
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* h = in + r * 2 * features;
-    const float* gate = h + features;
-    float* o = out + r * features;
-    for (int64_t f = 0; f < features; ++f) o[f] = h[f] * gelu(gate[f]);
+  const bool bf16_out = y.dtype() == DType::kBF16;
+#pragma omp parallel
+  {
+    // A bf16 y gets each row rounded from f32 computed in this thread's row buffer.
+    std::vector<float> buffer(static_cast<size_t>(bf16_out ? features : 0));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* h = in + r * 2 * features;
+      const float* gate = h + features;
+      float* o = bf16_out ? buffer.data() : y.data<float>() + r * features;
+      for (int64_t f = 0; f < features; ++f) o[f] = h[f] * gelu(gate[f]);
+      if (bf16_out) to_bf16_row(o, y.data<uint16_t>() + r * features, features);
+    }
   }
 }
 

@@ -59,6 +59,7 @@ std::vector<double> channel_sums(const float* xi, int64_t pixels, int64_t c, Val
 void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_t groups, float eps,
                 Activation act, Tensor& y) {
   assert(x.dtype() == DType::kF32 && x.is_contiguous() && y.is_contiguous() && x.numel() == y.numel());
+  assert(y.dtype() == DType::kF32 || y.dtype() == DType::kBF16);
   assert(act == Activation::kNone || act == Activation::kSiLU);
   const int64_t n = x.dim(0), c = x.dim(-1);
   const int64_t pixels = x.numel() / (n * c);
@@ -67,7 +68,7 @@ void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_
   const std::vector<float> g = gamma.to_vector();
   const std::vector<float> b = beta.to_vector();
   const float* in = x.data<float>();
-  float* out = y.data<float>();
+  const bool bf16_out = y.dtype() == DType::kBF16;
   const double count = static_cast<double>(pixels * group_size);
 
   // Per (image, channel) mean and scale for pass 3.
@@ -103,19 +104,25 @@ void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_
     }
   }
 
-#pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < n * pixels; ++row) {
-    const int64_t img = row / pixels;
-    const double* a = channel_scale.data() + img * c;
-    const double* m = channel_center.data() + img * c;
-    const float* bp = b.data();
-    const float* xr = in + row * c;
-    float* yr = out + row * c;
-    for (int64_t ch = 0; ch < c; ++ch) {
-      yr[ch] = static_cast<float>((static_cast<double>(xr[ch]) - m[ch]) * a[ch] + static_cast<double>(bp[ch]));
-    }
-    if (act == Activation::kSiLU) {
-      for (int64_t ch = 0; ch < c; ++ch) yr[ch] = silu(yr[ch]);
+#pragma omp parallel
+  {
+    // A bf16 y gets each row rounded from f32 computed in this thread's row buffer.
+    std::vector<float> buffer(static_cast<size_t>(bf16_out ? c : 0));
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < n * pixels; ++row) {
+      const int64_t img = row / pixels;
+      const double* a = channel_scale.data() + img * c;
+      const double* m = channel_center.data() + img * c;
+      const float* bp = b.data();
+      const float* xr = in + row * c;
+      float* yr = bf16_out ? buffer.data() : y.data<float>() + row * c;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        yr[ch] = static_cast<float>((static_cast<double>(xr[ch]) - m[ch]) * a[ch] + static_cast<double>(bp[ch]));
+      }
+      if (act == Activation::kSiLU) {
+        for (int64_t ch = 0; ch < c; ++ch) yr[ch] = silu(yr[ch]);
+      }
+      if (bf16_out) to_bf16_row(yr, y.data<uint16_t>() + row * c, c);
     }
   }
 }
@@ -123,6 +130,7 @@ void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_
 // x, y: [rows, C]; each row is in cache for the three short passes (mean, variance, normalise).
 void layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, Tensor& y) {
   assert(x.dtype() == DType::kF32 && x.is_contiguous() && y.is_contiguous() && x.numel() == y.numel());
+  assert(y.dtype() == DType::kF32 || y.dtype() == DType::kBF16);
   const int64_t c = x.dim(-1);
   const int64_t rows = x.numel() / c;
   const std::vector<float> g = gamma.to_vector();
@@ -130,24 +138,30 @@ void layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float 
   const float* gp = g.data();
   const float* bp = b.data();
   const float* in = x.data<float>();
-  float* out = y.data<float>();
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* xr = in + r * c;
-    float* yr = out + r * c;
-    double sum = 0.0;
+  const bool bf16_out = y.dtype() == DType::kBF16;
+#pragma omp parallel
+  {
+    // A bf16 y gets each row rounded from f32 computed in this thread's row buffer.
+    std::vector<float> buffer(static_cast<size_t>(bf16_out ? c : 0));
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = in + r * c;
+      float* yr = bf16_out ? buffer.data() : y.data<float>() + r * c;
+      double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t i = 0; i < c; ++i) sum += xr[i];
-    const double mean = sum / static_cast<double>(c);
-    double sum_sq = 0.0;
+      for (int64_t i = 0; i < c; ++i) sum += xr[i];
+      const double mean = sum / static_cast<double>(c);
+      double sum_sq = 0.0;
 #pragma omp simd reduction(+ : sum_sq)
-    for (int64_t i = 0; i < c; ++i) {
-      const double d = xr[i] - mean;
-      sum_sq += d * d;
+      for (int64_t i = 0; i < c; ++i) {
+        const double d = xr[i] - mean;
+        sum_sq += d * d;
+      }
+      const float rstd = static_cast<float>(1.0 / std::sqrt(sum_sq / static_cast<double>(c) + eps));
+      const float m = static_cast<float>(mean);
+      for (int64_t i = 0; i < c; ++i) yr[i] = (xr[i] - m) * rstd * gp[i] + bp[i];
+      if (bf16_out) to_bf16_row(yr, y.data<uint16_t>() + r * c, c);
     }
-    const float rstd = static_cast<float>(1.0 / std::sqrt(sum_sq / static_cast<double>(c) + eps));
-    const float m = static_cast<float>(mean);
-    for (int64_t i = 0; i < c; ++i) yr[i] = (xr[i] - m) * rstd * gp[i] + bp[i];
   }
 }
 

@@ -49,8 +49,8 @@ void convert_to_bf16(const float* x, uint16_t* y, int64_t count) {
 }
 
 const void* compute_operand(OneDnn& onednn, const Tensor& x, Bf16Scratch::Slot slot) {
-  assert(x.dtype() == DType::kF32 && x.is_contiguous());
-  if (onednn.compute_dtype == DType::kF32) return x.raw_data();
+  assert(x.is_contiguous() && (x.dtype() == DType::kF32 || x.dtype() == onednn.compute_dtype));
+  if (x.dtype() == onednn.compute_dtype) return x.raw_data();
   uint16_t* copy = onednn.scratch.get(slot, x.numel());
   convert_to_bf16(x.data<float>(), copy, x.numel());
   return copy;

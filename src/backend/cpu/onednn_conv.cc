@@ -34,7 +34,7 @@ class OneDnnConv2d final : public Conv2d {
 
   // x: [N, H, W, Cin]; y: [N, Ho, Wo, Cout].
   void run(const Tensor& x, Tensor& y, const Conv2dExtras& extras) override {
-    assert(x.dtype() == DType::kF32 && x.is_contiguous() && y.is_contiguous());
+    assert(x.is_contiguous() && y.dtype() == DType::kF32 && y.is_contiguous());
     assert(x.rank() == 4 && x.dim(3) == in_channels_ && y.dim(3) == out_channels_);
     const int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2);
     assert(y.dim(0) == n && y.dim(1) == params_.out_height(h, kernel_size_) &&

@@ -36,7 +36,7 @@ class OneDnnLinear final : public Linear {
 
   // x: [..., K] flattened to [M, K]; y: [..., N] as [M, N].
   void run(const Tensor& x, Tensor& y, const LinearExtras& extras) override {
-    assert(x.dtype() == DType::kF32 && x.is_contiguous() && y.is_contiguous());
+    assert(x.is_contiguous() && y.dtype() == DType::kF32 && y.is_contiguous());
     assert(x.dim(-1) == in_features_ && y.dim(-1) == out_features_);
     const int64_t m = x.numel() / in_features_;
     assert(y.numel() == m * out_features_);
