@@ -6,10 +6,11 @@
 //    can plan and reuse its buffers. Unless an op says otherwise, `y` may not alias an input.
 //  - Inputs are contiguous; activations are f32 in memory. With compute_dtype bf16 (CPU backend),
 //    convolutions, linears and matmuls round their inputs to bf16 and accumulate in f32.
-//  - Operands: convolutions and linears also take their input x in operand_dtype(), and the ops
-//    that feed them (group norm, layer norm, GEGLU) may write y in it. In bf16 compute that is
-//    bf16: the same numbers the consumer would have rounded to, without the rounding pass and at
-//    half the memory traffic. Everything else (residuals, attention, elementwise ops) stays f32.
+//  - Operands: convolutions, linears and attention also take their inputs in operand_dtype(), and
+//    the ops that feed them (group norm, layer norm, GEGLU, linears without a residual, attention)
+//    may write y in it. In bf16 compute that is bf16: the same numbers the consumer would have
+//    rounded to, without the rounding pass and at half the memory traffic. Everything else
+//    (residuals, convolutions' outputs, elementwise ops) stays f32.
 //  - Weights come in their checkpoint layout and dtype (torch's OIHW conv weights, [out, in]
 //    linear weights, f16/bf16/f32) and are prepared once by make_conv2d/make_linear.
 //  - A backend object is used by one thread at a time; it parallelises inside each op.
@@ -91,8 +92,8 @@ struct LinearExtras {
 class Linear {
  public:
   virtual ~Linear() = default;
-  // x: [..., in_features], f32 or the backend's operand dtype; y: [..., out_features] f32 (same
-  // leading dims).
+  // x: [..., in_features], f32 or the backend's operand dtype; y: [..., out_features] (same
+  // leading dims), f32, or the operand dtype where there is no residual.
   virtual void run(const Tensor& x, Tensor& y, const LinearExtras& extras = {}) = 0;
   virtual int64_t in_features() const = 0;
   virtual int64_t out_features() const = 0;
@@ -128,6 +129,7 @@ class Backend {
   // Multi-head scaled dot-product attention, heads interleaved in the channel dim as a linear
   // layer produces them: q: [B, Lq, H*D], k and v: [B, Lk, H*D], y: [B, Lq, H*D];
   // y = softmax(q k^T / sqrt(D) [+ causal mask]) v per batch and head. `causal` masks key j > query i.
+  // q, k and v are all f32 or all operand_dtype(); y is either.
   virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal,
                          Tensor& y) = 0;
 

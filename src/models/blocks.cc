@@ -252,18 +252,21 @@ Tensor Transformer2DModel::forward(const Tensor& x, const Tensor& context) const
   }
 
   // Buffers shared by the blocks.
-  // The linears' inputs are written in the backend's operand dtype (bf16 in bf16 compute).
-  Tensor h_normed = Tensor::empty({n, length, c}, backend.operand_dtype());
-  Tensor q = Tensor::empty({n, length, c});
-  Tensor self_k = Tensor::empty({n, length, c}), self_v = Tensor::empty({n, length, c});
-  Tensor cross_k = Tensor::empty({n, context_length, c}), cross_v = Tensor::empty({n, context_length, c});
-  Tensor attended = Tensor::empty({n, length, c});
+  // The inputs of linears and attention are written in the backend's operand dtype (bf16 in bf16
+  // compute); h, which the residuals accumulate onto, stays f32.
+  const DType operand = backend.operand_dtype();
+  Tensor h_normed = Tensor::empty({n, length, c}, operand);
+  Tensor q = Tensor::empty({n, length, c}, operand);
+  Tensor self_k = Tensor::empty({n, length, c}, operand), self_v = Tensor::empty({n, length, c}, operand);
+  Tensor cross_k = Tensor::empty({n, context_length, c}, operand);
+  Tensor cross_v = Tensor::empty({n, context_length, c}, operand);
+  Tensor attended = Tensor::empty({n, length, c}, operand);
   // The feed-forward's rows per block (see kFeedForwardBlockRows) and its buffers for one block.
   const int64_t rows = n * length;
   const int64_t block_rows = rows >= 2 * c ? std::min(kFeedForwardBlockRows, rows) : rows;
-  Tensor ff_normed = Tensor::empty({block_rows, c}, backend.operand_dtype());
+  Tensor ff_normed = Tensor::empty({block_rows, c}, operand);
   Tensor ff_hidden = Tensor::empty({block_rows, 2 * ff});
-  Tensor ff_gated = Tensor::empty({block_rows, ff}, backend.operand_dtype());
+  Tensor ff_gated = Tensor::empty({block_rows, ff}, operand);
   const LinearExtras add_to_h{Activation::kNone, h};  // y = x W^T + b + h, written over h
 
   for (const BasicTransformerBlock& block : transformer_blocks_) {

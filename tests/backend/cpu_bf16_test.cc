@@ -438,6 +438,18 @@ void check_attention(const std::vector<AttentionCase>& cases, uint64_t seed, Wor
       SCOPED_TRACE("oneDNN matmuls");
       worst.check(y_matmuls, oracle.y, y_f32, kBf16AttentionTolerance, oracle.slack);
     }
+    // Through bf16 operands (as a bf16 model hands them over): q, k and v in bf16 give the same
+    // numbers, and a bf16 y holds them rounded.
+    const Tensor q16 = q.to(DType::kBF16), k16 = k.to(DType::kBF16), v16 = v.to(DType::kBF16);
+    Tensor from_operands = Tensor::empty(q.shape()), y16 = Tensor::empty(q.shape(), DType::kBF16);
+    bf16_backend()->attention(q16, k16, v16, c.heads, c.causal, from_operands);
+    EXPECT_EQ(max_rel_diff(from_operands, y), 0.0f) << "backend, bf16 q, k, v";
+    bf16_backend()->attention(q16, k16, v16, c.heads, c.causal, y16);
+    EXPECT_EQ(max_rel_diff(y16.to(DType::kF32), rounded(y)), 0.0f) << "backend, bf16 y";
+    cpu::attention_matmuls(matmuls, q16, k16, v16, c.heads, c.causal, scores, from_operands);
+    EXPECT_EQ(max_rel_diff(from_operands, y_matmuls), 0.0f) << "oneDNN matmuls, bf16 q, k, v";
+    cpu::attention_matmuls(matmuls, q16, k16, v16, c.heads, c.causal, scores, y16);
+    EXPECT_EQ(max_rel_diff(y16.to(DType::kF32), rounded(y_matmuls)), 0.0f) << "oneDNN matmuls, bf16 y";
   }
 }
 
@@ -499,9 +511,9 @@ TEST(CpuBf16Backend, OtherOpsStayF32) {
   EXPECT_EQ(max_rel_diff(a, b), 0.0f) << "gelu";
 }
 
-// Norms and GEGLU write bf16 operands that are exactly their f32 results rounded; convolutions and
-// linears read them exactly as they would have rounded the f32 input themselves. Odd channel
-// counts reach the conversion's scalar tail.
+// Norms, GEGLU and linears write bf16 operands that are exactly their f32 results rounded;
+// convolutions and linears read them exactly as they would have rounded the f32 input themselves
+// (attention: check_attention). Odd channel counts reach the conversion's scalar tail.
 TEST(CpuBf16Backend, Bf16OperandsAreTheRoundedF32Ones) {
   SKIP_WITHOUT_BF16();
   Backend& bf16 = *bf16_backend();
@@ -537,6 +549,10 @@ TEST(CpuBf16Backend, Bf16OperandsAreTheRoundedF32Ones) {
     linear->run(x, from_f32);
     linear->run(x_operand, from_operand);
     EXPECT_EQ(max_rel_diff(from_operand, from_f32), 0.0f) << "linear";
+    // A linear without a residual writes bf16 operands too (for attention): its f32 result rounded.
+    Tensor operand_out = Tensor::empty({2, 5, 7, 24}, DType::kBF16);
+    linear->run(x_operand, operand_out);
+    EXPECT_EQ(max_rel_diff(operand_out.to(DType::kF32), rounded(from_f32)), 0.0f) << "linear, bf16 y";
   }
 }
 

@@ -6,7 +6,8 @@
 // between; in bf16, q, k and v are rounded into head-major [B, H, L, D] copies first, and the
 // probabilities are rounded before normalisation exactly as the AMX kernel rounds them (see there),
 // so that bf16 attention computes the same numbers on every CPU that has it. Both matmuls
-// accumulate in f32 and write f32.
+// accumulate in f32 and write f32. In bf16 compute q, k, v and y may also be bf16 (the backend's
+// operands): the same numbers, without the rounding passes.
 #include <cassert>
 #include <cmath>
 #include <vector>
@@ -27,19 +28,19 @@ using dnnl::memory;
 // Lk=4096) then runs 256 queries per tile instead of holding a 1 GB score matrix.
 constexpr int64_t kScoreBudget = int64_t{16} << 20;
 
-// x: [B, L, H*D] f32 -> y: [B, H, rows, D] bf16 holding tokens [first, first + rows). Dense
+// x: [B, L, H*D] f32 or bf16 -> y: [B, H, rows, D] bf16 holding tokens [first, first + rows). Dense
 // head-major, because oneDNN runs bf16 matmuls natively (AMX, AVX512-BF16) on dense operands
 // only: through the interleaved layout's strides it falls back to a gemm that runs q k^T (K = D
 // = 40) at 1/6 of f32's speed.
-void to_bf16_head_major(const float* x, int64_t batch, int64_t tokens, int64_t heads, int64_t d, int64_t first,
-                        int64_t rows, uint16_t* y) {
+void to_bf16_head_major(const Bf16Source& x, int64_t batch, int64_t tokens, int64_t heads, int64_t d,
+                        int64_t first, int64_t rows, uint16_t* y) {
   const int64_t channels = heads * d;
   // Below ~16K elements a parallel region costs more than the copy (the CLIP encoder's, tiny models').
 #pragma omp parallel for collapse(2) schedule(static) if (batch * heads * rows * d > 16384)
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t h = 0; h < heads; ++h) {
       for (int64_t t = 0; t < rows; ++t) {
-        to_bf16_row(x + (b * tokens + first + t) * channels + h * d, y + ((b * heads + h) * rows + t) * d, d);
+        x.read((b * tokens + first + t) * channels + h * d, y + ((b * heads + h) * rows + t) * d, d);
       }
     }
   }
@@ -229,7 +230,7 @@ void flash_tile(const float* queries, const float* keys, const float* values, fl
 void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads,
                        bool causal, std::vector<float>& scores, Tensor& y) {
   assert(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && y.is_contiguous());
-  assert(q.dtype() == DType::kF32 && k.dtype() == DType::kF32 && v.dtype() == DType::kF32);
+  assert(q.dtype() == k.dtype() && q.dtype() == v.dtype());
   const int64_t batch = q.dim(0), lq = q.dim(1), channels = q.dim(2), lk = k.dim(1);
   assert(channels % heads == 0 && k.dim(2) == channels && v.dim(1) == lk && y.dim(1) == lq);
   const int64_t d = channels / heads;
@@ -244,7 +245,10 @@ void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, con
   OneDnn& onednn = cache.onednn();
   const DType compute = onednn.compute_dtype;
   const bool bf16 = compute == DType::kBF16;
+  assert(bf16 || (q.dtype() == DType::kF32 && y.dtype() == DType::kF32));
   std::vector<float> row_scale;  // bf16: per score row, 1 / the sum of its probabilities
+  // bf16: P v of one query tile [B, H, rows, D], normalised from there into y's rows.
+  std::vector<float> tile_out;
   // k and v as [B, H, Lk, D]: in place (interleaved), or head-major bf16 copies.
   const void* k_data = k.raw_data();
   const void* v_data = v.raw_data();
@@ -254,13 +258,14 @@ void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, con
   if (bf16) {
     uint16_t* k16 = onednn.scratch.get(Bf16Scratch::Slot::kOperand, k.numel());
     uint16_t* v16 = onednn.scratch.get(Bf16Scratch::Slot::kValues, v.numel());
-    to_bf16_head_major(k.data<float>(), batch, lk, heads, d, 0, lk, k16);
-    to_bf16_head_major(v.data<float>(), batch, lk, heads, d, 0, lk, v16);
+    to_bf16_head_major(Bf16Source(k), batch, lk, heads, d, 0, lk, k16);
+    to_bf16_head_major(Bf16Source(v), batch, lk, heads, d, 0, lk, v16);
     k_data = k16;
     v_data = v16;
     kv_strides = {heads * lk * d, lk * d, d, 1};
     q_tile = onednn.scratch.get(Bf16Scratch::Slot::kSrc, batch * heads * tile * d);
     probabilities = onednn.scratch.get(Bf16Scratch::Slot::kProbabilities, batch * heads * tile * lk);
+    tile_out.resize(static_cast<size_t>(batch * heads * tile * d));
   }
   // k^T as [B, H, D, Lk] (k's strides with the last two swapped) and v as [B, H, Lk, D].
   const memory::desc k_t = plain_desc(compute, {batch, heads, d, lk}, {kv_strides[0], kv_strides[1], 1, kv_strides[2]});
@@ -270,9 +275,9 @@ void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, con
     const int64_t rows = q0 + tile < lq ? tile : lq - q0;
     // Queries [q0, q0 + rows) as [B, H, rows, D]: in place, or a dense bf16 copy of the tile.
     memory::desc q_desc = plain_desc(compute, {batch, heads, rows, d}, {lq * channels, d, channels, 1});
-    const void* q_data = q.data<float>() + q0 * channels;
+    const void* q_data = bf16 ? nullptr : q.data<float>() + q0 * channels;
     if (bf16) {
-      to_bf16_head_major(q.data<float>(), batch, lq, heads, d, q0, rows, q_tile);
+      to_bf16_head_major(Bf16Source(q), batch, lq, heads, d, q0, rows, q_tile);
       q_desc = plain_desc(compute, {batch, heads, rows, d}, memory::format_tag::abcd);
       q_data = q_tile;
     }
@@ -318,20 +323,25 @@ void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, con
       }
     }
 
-    // out[B, H, rows, D] written straight into y's interleaved channels.
     const memory::desc p_desc = plain_desc(compute, s_dims, memory::format_tag::abcd);
     const void* p_data = bf16 ? static_cast<const void*>(probabilities) : static_cast<const void*>(scores.data());
-    const memory::desc o_desc = plain_desc(DType::kF32, {batch, heads, rows, d}, {lq * channels, d, channels, 1});
-    cache.run(p_desc, p_data, v_desc, v_data, o_desc, y.data<float>() + q0 * channels, 1.0f);
-    if (bf16) {
-      // The normalisation: each (batch, head, query) row of y divided by its probabilities' sum.
+    if (!bf16) {
+      // out[B, H, rows, D] written straight into y's interleaved channels.
+      const memory::desc o_desc = plain_desc(DType::kF32, {batch, heads, rows, d}, {lq * channels, d, channels, 1});
+      cache.run(p_desc, p_data, v_desc, v_data, o_desc, y.data<float>() + q0 * channels, 1.0f);
+      continue;
+    }
+    // out[B, H, rows, D] dense, then each (batch, head, query) row divided by its probabilities'
+    // sum into y's interleaved channels, in y's dtype.
+    const memory::desc o_desc = plain_desc(DType::kF32, {batch, heads, rows, d}, memory::format_tag::abcd);
+    cache.run(p_desc, p_data, v_desc, v_data, o_desc, tile_out.data(), 1.0f);
 #pragma omp parallel for collapse(2) schedule(static) if (score_rows * d > 16384)
-      for (int64_t bh = 0; bh < batch * heads; ++bh) {
-        for (int64_t t = 0; t < rows; ++t) {
-          float* out = y.data<float>() + ((bh / heads) * lq + q0 + t) * channels + (bh % heads) * d;
-          const float inverse = row_scale[static_cast<size_t>(bh * rows + t)];
-          for (int64_t c = 0; c < d; ++c) out[c] *= inverse;
-        }
+    for (int64_t bh = 0; bh < batch * heads; ++bh) {
+      for (int64_t t = 0; t < rows; ++t) {
+        float* out = tile_out.data() + (bh * rows + t) * d;
+        const float inverse = row_scale[static_cast<size_t>(bh * rows + t)];
+        for (int64_t c = 0; c < d; ++c) out[c] *= inverse;
+        write_row(out, y, ((bh / heads) * lq + q0 + t) * channels + (bh % heads) * d, d);
       }
     }
   }
@@ -402,6 +412,8 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t 
 
 void attention(MatmulCache& cache, const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal,
                std::vector<float>& scores, Tensor& y) {
+  // bf16 operands only in bf16 compute (the operand dtype).
+  assert(cache.onednn().compute_dtype == DType::kBF16 || (q.dtype() == DType::kF32 && y.dtype() == DType::kF32));
 #if defined(__AVX512F__)
   if (cache.onednn().compute_dtype == DType::kF32) {
     flash_attention(q, k, v, heads, causal, scores, y);

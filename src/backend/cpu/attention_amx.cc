@@ -143,11 +143,11 @@ inline __mmask16 first_lanes(int64_t n) {
 //      of 16 queries x 32 channels; packed by the thread that runs the tile.
 //   k: [BH][lk_pad / 16][dp / 2][16][2]: per 16 keys, B tiles of channel pairs x keys.
 //   v: [BH][lk_pad / 2][dv][2]: B tiles of key pairs x channels.
-void pack_q(const float* q, int64_t rows, int64_t channels, int64_t d, int64_t dp, uint16_t* out) {
+void pack_q(const Bf16Source& q, int64_t at, int64_t rows, int64_t channels, int64_t d, int64_t dp, uint16_t* out) {
   for (int64_t t = 0; t < kQueries; ++t) {
     uint16_t* row = out + t * dp;
     if (t < rows) {
-      to_bf16_row(q + t * channels, row, d);
+      q.read(at + t * channels, row, d);
     } else {
       for (int64_t c = 0; c < d; ++c) row[c] = 0;
     }
@@ -157,7 +157,7 @@ void pack_q(const float* q, int64_t rows, int64_t channels, int64_t d, int64_t d
 
 // pack_k and pack_v run inside the caller's parallel region (one region for both and the
 // attention: under load a barrier costs a time slice).
-void pack_k(const float* k, int64_t batch, int64_t lk, int64_t heads, int64_t d, int64_t lk_pad, int64_t dp,
+void pack_k(const Bf16Source& k, int64_t batch, int64_t lk, int64_t heads, int64_t d, int64_t lk_pad, int64_t dp,
             uint16_t* out) {
   const int64_t channels = heads * d;
 #pragma omp for collapse(2) schedule(static) nowait
@@ -168,7 +168,7 @@ void pack_k(const float* k, int64_t batch, int64_t lk, int64_t heads, int64_t d,
       for (int64_t j = 0; j < 16; ++j) {
         const int64_t key = tile * 16 + j;
         if (key < lk) {
-          to_bf16_row(k + ((bh / heads) * lk + key) * channels + (bh % heads) * d, row, d);
+          k.read(((bh / heads) * lk + key) * channels + (bh % heads) * d, row, d);
         } else {
           for (int64_t c = 0; c < d; ++c) row[c] = 0;
         }
@@ -179,7 +179,7 @@ void pack_k(const float* k, int64_t batch, int64_t lk, int64_t heads, int64_t d,
   }
 }
 
-void pack_v(const float* v, int64_t batch, int64_t lk, int64_t heads, int64_t d, int64_t lk_pad, int64_t dv,
+void pack_v(const Bf16Source& v, int64_t batch, int64_t lk, int64_t heads, int64_t d, int64_t lk_pad, int64_t dv,
             uint16_t* out) {
   const int64_t channels = heads * d;
 #pragma omp for collapse(2) schedule(static)
@@ -190,7 +190,7 @@ void pack_v(const float* v, int64_t batch, int64_t lk, int64_t heads, int64_t d,
       for (int64_t i = 0; i < 2; ++i) {
         const int64_t key = pair * 2 + i;
         if (key < lk) {
-          to_bf16_row(v + ((bh / heads) * lk + key) * channels + (bh % heads) * d, row, d);
+          v.read(((bh / heads) * lk + key) * channels + (bh % heads) * d, row, d);
         } else {
           for (int64_t c = 0; c < d; ++c) row[c] = 0;
         }
@@ -261,7 +261,8 @@ void chunk_softmax(const TileScratch& scratch, int64_t q0, int64_t k0, int64_t k
 }
 
 // One (batch, head, query tile): queries [q0, q0 + 32) of the packed q (rows past Lq are zeros and
-// not written) against keys [0, key_end). Writes y's rows (interleaved heads, `channels` apart).
+// not written) against keys [0, key_end). Writes y's rows from element `at` (interleaved heads,
+// `channels` apart).
 //
 // Software-pipelined by one chunk: iteration i runs q k^T of chunk i, P v of chunk i - 1, the
 // softmax of chunk i, and out = out * correction + P v of chunk i - 1, in that order. AMX tile
@@ -269,7 +270,8 @@ void chunk_softmax(const TileScratch& scratch, int64_t q0, int64_t k0, int64_t k
 // waits until the stores reach the cache. In this order every buffer is read one step of other
 // work after it was written, not right away.
 void amx_tile(const uint16_t* k, const uint16_t* v, int64_t d, int64_t dp, int64_t dv, int64_t lq, int64_t q0,
-              int64_t key_end, bool causal, float log2e_alpha, float* y, int64_t channels, const TileScratch& scratch) {
+              int64_t key_end, bool causal, float log2e_alpha, Tensor& y, int64_t at, int64_t channels,
+              const TileScratch& scratch) {
   // Per query, in log2 units: the running max (an integer, in every lane), and the running sum of
   // 2^(t - max) lane by lane, added up at the end. All vector: a scalar reduction per row and chunk
   // cost as much as the chunk's exps.
@@ -328,9 +330,9 @@ void amx_tile(const uint16_t* k, const uint16_t* v, int64_t d, int64_t dp, int64
     float sum = 0.0f;
     for (int l = 0; l < 16; ++l) sum += lanes[l];
     const float inverse = 1.0f / sum;
-    const float* o = scratch.out + r * dv;
-    float* yr = y + r * channels;
-    for (int64_t c = 0; c < d; ++c) yr[c] = o[c] * inverse;
+    float* o = scratch.out + r * dv;  // normalised in place, then written in y's dtype
+    for (int64_t c = 0; c < d; ++c) o[c] *= inverse;
+    write_row(o, y, at + r * channels, d);
   }
 }
 
@@ -339,7 +341,7 @@ void amx_tile(const uint16_t* k, const uint16_t* v, int64_t d, int64_t dp, int64
 bool flash_attention_amx(OneDnn& onednn, const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal,
                          Tensor& y) {
   assert(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && y.is_contiguous());
-  assert(q.dtype() == DType::kF32 && k.dtype() == DType::kF32 && v.dtype() == DType::kF32);
+  assert(q.dtype() == k.dtype() && q.dtype() == v.dtype());
   const int64_t batch = q.dim(0), lq = q.dim(1), channels = q.dim(2), lk = k.dim(1);
   assert(channels % heads == 0 && k.dim(2) == channels && v.dim(1) == lk && y.dim(1) == lq);
   const int64_t d = channels / heads;
@@ -351,13 +353,12 @@ bool flash_attention_amx(OneDnn& onednn, const Tensor& q, const Tensor& k, const
   uint16_t* v_packed = onednn.scratch.get(Bf16Scratch::Slot::kValues, bh_count * lk_pad * dv);
   const float log2e_alpha = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(d)));
   const int64_t tiles = (lq + kQueries - 1) / kQueries;
-  const float* pq = q.data<float>();
-  float* py = y.data<float>();
+  const Bf16Source q_rows(q), k_rows(k), v_rows(v);
   // Below ~64K multiply-adds a parallel region costs more than the attention (tiny models').
 #pragma omp parallel if (bh_count * lq * lk * d > 65536)
   {
-    pack_k(k.data<float>(), batch, lk, heads, d, lk_pad, dp, k_packed);
-    pack_v(v.data<float>(), batch, lk, heads, d, lk_pad, dv, v_packed);  // ends with the barrier
+    pack_k(k_rows, batch, lk, heads, d, lk_pad, dp, k_packed);
+    pack_v(v_rows, batch, lk, heads, d, lk_pad, dv, v_packed);  // ends with the barrier
     struct alignas(64) Line {
       float lanes[16];
     };
@@ -385,9 +386,9 @@ bool flash_attention_amx(OneDnn& onednn, const Tensor& q, const Tensor& k, const
         const int64_t q0 = t * kQueries;
         const int64_t key_end = causal && q0 + kQueries < lk ? q0 + kQueries : lk;
         const int64_t at = ((bh / heads) * lq + q0) * channels + (bh % heads) * d;
-        pack_q(pq + at, lq - q0 < kQueries ? lq - q0 : kQueries, channels, d, dp, scratch.queries);
+        pack_q(q_rows, at, lq - q0 < kQueries ? lq - q0 : kQueries, channels, d, dp, scratch.queries);
         amx_tile(k_packed + bh * lk_pad * dp, v_packed + bh * lk_pad * dv, d, dp, dv, lq, q0, key_end, causal,
-                 log2e_alpha, py + at, channels, scratch);
+                 log2e_alpha, y, at, channels, scratch);
       }
     }
     _tile_release();

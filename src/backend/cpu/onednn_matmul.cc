@@ -1,7 +1,7 @@
 // Linear layers and batched matmuls on oneDNN's matmul: weights reordered once into the
 // primitive's preferred layout, bias, activation and residual fused, primitives cached per shape.
-// In bf16 compute the operands are bf16 (weights converted once, activations per call) and
-// bias, residual and output f32.
+// In bf16 compute the operands are bf16 (weights converted once, activations per call unless they
+// come in bf16), bias and residual f32, and the output f32 or bf16.
 #include <cassert>
 #include <cstring>
 #include <unordered_map>
@@ -36,7 +36,8 @@ class OneDnnLinear final : public Linear {
 
   // x: [..., K] flattened to [M, K]; y: [..., N] as [M, N].
   void run(const Tensor& x, Tensor& y, const LinearExtras& extras) override {
-    assert(x.is_contiguous() && y.dtype() == DType::kF32 && y.is_contiguous());
+    assert(x.is_contiguous() && y.is_contiguous());
+    assert(y.dtype() == DType::kF32 || (y.dtype() == compute_ && !extras.residual.defined()));
     assert(x.dim(-1) == in_features_ && y.dim(-1) == out_features_);
     const int64_t m = x.numel() / in_features_;
     assert(y.numel() == m * out_features_);
@@ -45,7 +46,7 @@ class OneDnnLinear final : public Linear {
       assert(extras.residual.numel() == y.numel() && extras.residual.is_contiguous());
       mode = extras.residual.raw_data() == y.raw_data() ? ResidualMode::kSum : ResidualMode::kBinaryAdd;
     }
-    const Entry& entry = find_or_create(m, extras.activation, mode);
+    const Entry& entry = find_or_create(m, extras.activation, mode, y.dtype());
 
     const void* x_data = compute_operand(*onednn_, x, Bf16Scratch::Slot::kSrc);
     memory src(entry.primitive_desc.src_desc(), onednn_->engine, const_cast<void*>(x_data));
@@ -71,6 +72,7 @@ class OneDnnLinear final : public Linear {
     int64_t m;
     Activation activation;
     ResidualMode residual;
+    DType output;
     dnnl::matmul::primitive_desc primitive_desc;
     dnnl::matmul primitive;
     memory weights;  // a handle to the layout in weights_
@@ -85,13 +87,13 @@ class OneDnnLinear final : public Linear {
     return m;
   }
 
-  const Entry& find_or_create(int64_t m, Activation activation, ResidualMode residual) {
+  const Entry& find_or_create(int64_t m, Activation activation, ResidualMode residual, DType output) {
     for (const Entry& e : entries_) {
-      if (e.m == m && e.activation == activation && e.residual == residual) return e;
+      if (e.m == m && e.activation == activation && e.residual == residual && e.output == output) return e;
     }
     const memory::desc src = plain_desc(compute_, {m, in_features_}, tag::ab);
     const memory::desc weights = plain_desc(compute_, {in_features_, out_features_}, tag::any);
-    const memory::desc dst = plain_desc(DType::kF32, {m, out_features_}, tag::ab);
+    const memory::desc dst = plain_desc(output, {m, out_features_}, tag::ab);
     const memory::desc bias = plain_desc(DType::kF32, {1, out_features_}, tag::ab);
     dnnl::matmul::desc desc =
         bias_.empty() ? dnnl::matmul::desc(src, weights, dst) : dnnl::matmul::desc(src, weights, bias, dst);
@@ -103,7 +105,7 @@ class OneDnnLinear final : public Linear {
     attr.set_post_ops(ops);
     dnnl::matmul::primitive_desc pd(desc, attr, onednn_->engine);
     const memory prepared = weights_.get(pd.weights_desc());
-    entries_.push_back(Entry{m, activation, residual, pd, dnnl::matmul(pd), prepared});
+    entries_.push_back(Entry{m, activation, residual, output, pd, dnnl::matmul(pd), prepared});
     return entries_.back();
   }
 

@@ -1,8 +1,10 @@
-// exp, erf, the activations and the bf16 rounding as branch-free float code that GCC auto-vectorises
+// exp, erf, the activations and the bf16 rounding (and rows read or written through it) as branch-free
+// float code that GCC auto-vectorises
 // in plain loops (glibc's expf/erff are calls it cannot vectorise without -ffast-math, which we do not use).
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "backend/backend.h"
 
@@ -54,6 +56,30 @@ inline void to_bf16_row(const float* x, uint16_t* y, int64_t count) {
     const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
     const uint32_t quiet_nan = (bits >> 16) | 0x40u;
     y[i] = static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+  }
+}
+
+// Rows of a tensor that is f32 or bf16, as the bf16 operands a kernel packs (attention's q, k, v).
+struct Bf16Source {
+  const void* data;
+  bool is_bf16;
+  explicit Bf16Source(const Tensor& x) : data(x.raw_data()), is_bf16(x.dtype() == DType::kBF16) {}
+  // y = elements [at, at + count) as bf16: copied, or rounded as to_bf16_row rounds.
+  void read(int64_t at, uint16_t* y, int64_t count) const {
+    if (is_bf16) {
+      std::memcpy(y, static_cast<const uint16_t*>(data) + at, static_cast<size_t>(count) * 2);
+    } else {
+      to_bf16_row(static_cast<const float*>(data) + at, y, count);
+    }
+  }
+};
+
+// y's elements [at, at + count) = x, in y's dtype (f32, or bf16 rounded as to_bf16_row rounds).
+inline void write_row(const float* x, Tensor& y, int64_t at, int64_t count) {
+  if (y.dtype() == DType::kBF16) {
+    to_bf16_row(x, y.data<uint16_t>() + at, count);
+  } else {
+    std::memcpy(y.data<float>() + at, x, static_cast<size_t>(count) * sizeof(float));
   }
 }
 
