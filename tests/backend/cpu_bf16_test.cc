@@ -165,6 +165,8 @@ TEST(CpuBf16Conv2d, ShapesOfSd) {
       {1, 12, 12, 32, 20, 3, 1, 1},        // channel counts that are no multiple of 16
       {1, 12, 12, 3, 32, 3, 1, 1},         // VAE conv_in, Cin = 3
       {2, 16, 16, 32, 32, 3, 2, 0, 1, 1},  // VAE encoder downsample: pad right and bottom, s2
+      {2, 8, 8, 2560, 64, 3, 1, 1},        // up-block conv after the skip concat: 5 parts of 512
+      {1, 9, 7, 1920, 32, 3, 2, 1},        // 4 parts of 480, stride 2, odd sizes
   };
   Worst worst{"conv shapes"};
   uint64_t seed = 3000;
@@ -176,9 +178,11 @@ TEST(CpuBf16Conv2d, ShapesOfSd) {
   }
 }
 
+// Every fusion, on one convolution and on one that runs in four parts of 320 input channels (the
+// bias with the first, the residual before it, the activation after the last).
 TEST(CpuBf16Conv2d, FusedExtras) {
   SKIP_WITHOUT_BF16();
-  const ConvCase c{2, 12, 12, 64, 64, 3, 1, 1};
+  const ConvCase cases[] = {{2, 12, 12, 64, 64, 3, 1, 1}, {1, 7, 6, 1280, 48, 3, 1, 1}};
   ConvFusion fusions[6];
   fusions[0].bias = false;
   fusions[1].extra_bias = true;  // the time embedding
@@ -195,10 +199,12 @@ TEST(CpuBf16Conv2d, FusedExtras) {
   fusions[5].activation = Activation::kGELU;
   Worst worst{"conv fusions"};
   uint64_t seed = 3100;
-  for (int i = 0; i < 6; ++i) {
-    SCOPED_TRACE(::testing::Message() << "fusion " << i);
-    check_conv(c, fusions[i], seed, worst);
-    seed += 10;
+  for (const ConvCase& c : cases) {
+    for (int i = 0; i < 6; ++i) {
+      SCOPED_TRACE(::testing::Message() << "Cin " << c.cin << ", fusion " << i);
+      check_conv(c, fusions[i], seed, worst);
+      seed += 10;
+    }
   }
 }
 

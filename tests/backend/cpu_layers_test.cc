@@ -87,6 +87,8 @@ TEST(CpuConv2d, ShapesOfSd) {
       {2, 16, 16, 320, 320, 1, 1, 0},  // attention proj_in/out as 1x1 convs
       {1, 12, 12, 32, 20, 3, 1, 1},    // channel counts that are no multiple of 16
       {1, 12, 12, 3, 32, 3, 1, 1},     // VAE-like Cin = 3
+      {2, 8, 8, 2560, 64, 3, 1, 1},    // up-block conv after the skip concat: 4 parts of 640 channels
+      {1, 9, 7, 1920, 32, 3, 2, 1},    // 3 parts, stride 2, odd sizes
   };
   uint64_t seed = 100;
   for (const ConvCase& c : cases) {
@@ -96,8 +98,10 @@ TEST(CpuConv2d, ShapesOfSd) {
   }
 }
 
+// Every fusion, on one convolution and on one that runs in two parts of 640 input channels (the
+// bias with the first, the residual before it, the activation after the last).
 TEST(CpuConv2d, FusedExtras) {
-  const ConvCase c{2, 12, 12, 64, 64, 3, 1, 1};
+  const ConvCase cases[] = {{2, 12, 12, 64, 64, 3, 1, 1}, {1, 7, 6, 1280, 48, 3, 1, 1}};
   ConvFusion fusions[8];
   fusions[0].bias = false;
   fusions[1].extra_bias = true;  // the time embedding
@@ -115,9 +119,11 @@ TEST(CpuConv2d, FusedExtras) {
   fusions[7].bias = false;
   fusions[7].activation = Activation::kGELU;
   uint64_t seed = 200;
-  for (int i = 0; i < 8; ++i) {
-    SCOPED_TRACE(::testing::Message() << "fusion " << i);
-    EXPECT_LE(conv_diff(c, fusions[i], seed++), kLayerTolerance);
+  for (const ConvCase& c : cases) {
+    for (int i = 0; i < 8; ++i) {
+      SCOPED_TRACE(::testing::Message() << "Cin " << c.cin << ", fusion " << i);
+      EXPECT_LE(conv_diff(c, fusions[i], seed++), kLayerTolerance);
+    }
   }
 }
 

@@ -22,6 +22,8 @@ class Bf16Scratch {
   enum class Slot { kSrc, kOperand, kValues, kProbabilities };
   // At least `count` elements, 64-byte aligned; valid until the next get() of the same slot.
   uint16_t* get(Slot slot, int64_t count);
+  // The same for `count` floats (f32 compute's gathered inputs): a slot holds one kind at a time.
+  float* get_f32(Slot slot, int64_t count) { return reinterpret_cast<float*>(get(slot, 2 * count)); }
 
  private:
   Tensor buffers_[4];  // one per Slot
