@@ -16,6 +16,7 @@
 #include <immintrin.h>
 #endif
 
+#include "backend/cpu/avx512_math.h"
 #include "backend/cpu/cpu_internal.h"
 #include "backend/cpu/vec_math.h"
 
@@ -52,28 +53,6 @@ constexpr int64_t kQueryTile = 64;
 // Keys per flash tile: their scores (128 x 64 floats, 32 KB) stay in L1 through the max, exp and
 // P v passes.
 constexpr int64_t kKeyTile = 128;
-// All 16 lanes. The unmasked max/min/scalef/roundscale intrinsics start from _mm512_undefined_ps,
-// which GCC 12 reports as maybe-uninitialized; their all-lanes maskz forms compile the same.
-constexpr __mmask16 kAll = 0xffff;
-
-// exp_approx on 16 floats: the same clamp and Cephes polynomial, 2^n applied by vscalefps.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_maskz_max_ps(kAll, x, _mm512_set1_ps(-87.0f));
-  x = _mm512_maskz_min_ps(kAll, x, _mm512_set1_ps(88.0f));
-  const __m512 n = _mm512_maskz_roundscale_ps(kAll, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_maskz_scalef_ps(kAll, p, n);
-}
-
 // scores[j][0:64] = sum_c key_j[c] q_t[c][0:64] for kKeys keys, key j at keys + j * stride.
 // kKeys x 4 accumulators stay in registers (24 of 32 for kKeys = 6).
 template <int kKeys>
@@ -152,9 +131,10 @@ void flash_tile(const float* queries, const float* keys, const float* values, fl
   }
   for (int64_t i = 0; i < d * kQueryTile; ++i) out_t[i] = 0.0f;
   const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
-  const __m512 scale = _mm512_set1_ps(alpha);
+  // exp(alpha s - max) as 2^(t - max) with t = log2(e) alpha s: maxes in log2 units.
+  const __m512 scale = _mm512_set1_ps(alpha * 1.44269504088896341f);
   const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  // Per query, in units of scaled scores: the running max and the sum of exp(score - max).
+  // Per query, in log2 units of scaled scores: the running max and the sum of 2^(t - max).
   __m512 row_max[4], row_sum[4];
   for (int i = 0; i < 4; ++i) {
     row_max[i] = neg_inf;
@@ -180,8 +160,9 @@ void flash_tile(const float* queries, const float* keys, const float* values, fl
       }
     }
     // 3. Online softmax: the new running max, the factor that rescales what was summed under the
-    // old one, and the tile's probabilities exp(alpha s - max) in place of its scores. Key 0 is
-    // never masked, so after the first tile every max is finite.
+    // old one (0 on the first tile, whose old max is -inf), and the tile's probabilities
+    // 2^(t - max) in place of its scores (0 for masked keys). Key 0 is never masked, so after the
+    // first tile every max is finite.
     __m512 new_max[4], correction[4];
     for (int i = 0; i < 4; ++i) new_max[i] = neg_inf;
     for (int64_t j = 0; j < nk; ++j) {
@@ -190,7 +171,8 @@ void flash_tile(const float* queries, const float* keys, const float* values, fl
     }
     for (int i = 0; i < 4; ++i) {
       new_max[i] = _mm512_maskz_max_ps(kAll, row_max[i], _mm512_mul_ps(new_max[i], scale));
-      correction[i] = exp16(_mm512_sub_ps(row_max[i], new_max[i]));  // 0 on the first tile
+      const __mmask16 seen = _mm512_cmp_ps_mask(row_max[i], neg_inf, _CMP_NEQ_OQ);
+      correction[i] = exp2_16(seen, _mm512_sub_ps(row_max[i], new_max[i]));
       row_max[i] = new_max[i];
     }
     __m512 tile_sum[4];
@@ -199,9 +181,8 @@ void flash_tile(const float* queries, const float* keys, const float* values, fl
       for (int i = 0; i < 4; ++i) {
         float* at = scores + j * kQueryTile + i * 16;
         const __m512 s = _mm512_load_ps(at);
-        __m512 p = exp16(_mm512_fmsub_ps(s, scale, new_max[i]));
-        // exp16 clamps -inf to e^-87, not 0: masked keys get exactly 0.
-        if (masked) p = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(s, neg_inf, _CMP_NEQ_OQ), p);
+        const __mmask16 unmasked = masked ? _mm512_cmp_ps_mask(s, neg_inf, _CMP_NEQ_OQ) : kAll;
+        const __m512 p = exp2_16(unmasked, _mm512_fmsub_ps(s, scale, new_max[i]));
         tile_sum[i] = _mm512_add_ps(tile_sum[i], p);
         _mm512_store_ps(at, p);
       }

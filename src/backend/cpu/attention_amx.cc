@@ -19,6 +19,7 @@
 #include <unistd.h>
 #endif
 
+#include "backend/cpu/avx512_math.h"
 #include "backend/cpu/cpu_internal.h"
 #include "backend/cpu/vec_math.h"
 
@@ -104,25 +105,6 @@ void tile_product(int64_t steps, Operand a0, Operand a1, Operand b0, Operand b1,
   if (two) _tile_stored(1, c01, c_stride);
   if (two) _tile_stored(3, c11, c_stride);
 }
-
-// 2^t for t <= 0 (any t: larger ones are masked out by the caller): 2^floor(t) by vscalefps times
-// 2^f, f = t - floor(t) in [0, 1) by a degree-5 polynomial (relative error 8e-8, fitted with the
-// constant term 1 so that the max itself gets exactly 1).
-inline __m512 exp2_16(__mmask16 valid, __m512 t) {
-  const __m512 f = _mm512_maskz_reduce_ps(valid, t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  __m512 p = _mm512_set1_ps(1.8671307063e-3f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.0170285514e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5799914849e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4016444945e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9315131190e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_scalef_ps(valid, p, t);
-}
-
-// All 16 lanes. GCC 12's unmasked forms of max, shuffle, permute, roundscale and scalef start from
-// _mm512_undefined_ps, which it reports as maybe-uninitialized; the all-lanes maskz forms compile
-// the same.
-constexpr __mmask16 kAll = 0xffff;
 
 // The max of x's lanes, in every lane: a butterfly of shuffles.
 inline __m512 broadcast_max(__m512 x) {
