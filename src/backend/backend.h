@@ -63,8 +63,8 @@ struct Conv2dParams {
 // What a convolution adds after the convolution itself, in this order:
 //   y = act( conv(x) + bias + extra_bias + residual_scale * residual )
 struct Conv2dExtras {
-  Tensor extra_bias;            // [Cout] f32, or undefined; e.g. the time embedding, shared by the batch
-  Tensor residual;              // [N, Ho, Wo, Cout] like y, or undefined; may alias y
+  Tensor extra_bias;  // [Cout] f32, or undefined; e.g. the time embedding, shared by the batch
+  Tensor residual;    // [N, Ho, Wo, Cout] like y, or undefined; may alias y
   float residual_scale = 1.0f;
   Activation activation = Activation::kNone;
 };
@@ -130,8 +130,7 @@ class Backend {
   // layer produces them: q: [B, Lq, H*D], k and v: [B, Lk, H*D], y: [B, Lq, H*D];
   // y = softmax(q k^T / sqrt(D) [+ causal mask]) v per batch and head. `causal` masks key j > query i.
   // q, k and v are all f32 or all operand_dtype(); y is either.
-  virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal,
-                         Tensor& y) = 0;
+  virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal, Tensor& y) = 0;
 
   // y = act(x), elementwise. y may alias x.
   virtual void activation(const Tensor& x, Activation activation, Tensor& y) = 0;

@@ -216,8 +216,10 @@ Result<std::vector<std::string>> ModelFolder::weight_files(const std::string& co
     SD_ASSIGN_OR_RETURN(auto plain, find_weights(dir, ""));
     if (plain) {
       // diffusers raises here; using the full-precision weights instead gives the same images.
-      SD_LOG(kWarning, dir << ": no " << variant << " weights; using " << display_path((*plain)[0])
-                           << (plain->size() > 1 ? " and its other shards" : ""));
+      if (warned_fallbacks_.insert(dir).second) {
+        SD_LOG(kWarning, dir << ": no " << variant << " weights; using " << display_path((*plain)[0])
+                             << (plain->size() > 1 ? " and its other shards" : ""));
+      }
       return std::move(*plain);
     }
   } else {

@@ -1,10 +1,10 @@
 // The diffusers folder layout: model_index.json, each component's config, weight file selection.
 #pragma once
 
+#include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "base/status.h"
 #include "io/weights.h"
@@ -33,6 +33,8 @@ class ModelFolder {
   // `model.safetensors` or `diffusion_pytorch_model.safetensors`, the `.fp16` variant when
   // `variant == "fp16"` or when it is the only one, a sharded `*.safetensors.index.json`.
   // Pickle files (`.bin`, `.ckpt`) are refused with a message saying why and what to do.
+  // A variant asked for and missing falls back to the default weights with a warning, once per
+  // component and folder object (a pipeline checks its files up front and reads them later).
   base::Result<std::vector<std::string>> weight_files(const std::string& component,
                                                       const std::string& variant = "") const;
   // weight_files() opened as one WeightSet.
@@ -41,6 +43,7 @@ class ModelFolder {
  private:
   std::string root_;
   nlohmann::json model_index_;
+  mutable std::set<std::string> warned_fallbacks_;  // component dirs whose variant fallback was reported
 };
 
 }  // namespace sdstack::io

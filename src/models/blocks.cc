@@ -94,7 +94,7 @@ Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor& silu_temb) const {
 // ---- Downsample2D / Upsample2D ----------------------------------------------------------------
 
 Result<Downsample2D> Downsample2D::load(WeightLoader& load, const std::string& prefix, int64_t channels,
-                                       int64_t padding) {
+                                        int64_t padding) {
   Conv2dParams params{2, padding};
   if (padding == 0) {  // diffusers: F.pad(x, (0, 1, 0, 1)), then the unpadded stride-2 conv
     params.extra_bottom = 1;
@@ -198,7 +198,7 @@ constexpr int64_t kFeedForwardBlockRows = 128;
 }  // namespace
 
 Result<Transformer2DModel> Transformer2DModel::load(WeightLoader& load, const std::string& prefix,
-                                                   const Options& options) {
+                                                    const Options& options) {
   Transformer2DModel model;
   model.backend_ = &load.backend();
   model.options_ = options;

@@ -60,16 +60,16 @@ Status check_sd_defaults(const ConfigReader& reader, const nlohmann::json& json)
   if (json.contains("mid_block_type") && json.at("mid_block_type").is_null()) {
     return reader.error("mid_block_type", "is null (no mid block); sdstack supports only 'UNetMidBlock2DCrossAttn'");
   }
-  for (const char* key : {"dual_cross_attention", "resnet_skip_time_act", "class_embeddings_concat",
-                          "mid_block_only_cross_attention"}) {
+  for (const char* key :
+       {"dual_cross_attention", "resnet_skip_time_act", "class_embeddings_concat", "mid_block_only_cross_attention"}) {
     SD_ASSIGN_OR_RETURN(bool value, reader.boolean(key, false));
     if (value) return reader.error(key, "is true; sdstack supports only false");
   }
   if (reader.has("only_cross_attention")) {  // a bool, or one per down block
     const nlohmann::json& value = json.at("only_cross_attention");
-    const bool all_false = value.is_array() ? std::all_of(value.begin(), value.end(),
-                                                          [](const nlohmann::json& v) { return v == false; })
-                                            : value == false;
+    const bool all_false =
+        value.is_array() ? std::all_of(value.begin(), value.end(), [](const nlohmann::json& v) { return v == false; })
+                         : value == false;
     if (!all_false) return reader.error("only_cross_attention", "is " + value.dump() + "; sdstack supports only false");
   }
   return Status::ok();
@@ -205,8 +205,7 @@ UNet2DConditionModel::UNet2DConditionModel(const UNet2DConditionConfig& config, 
 UNet2DConditionModel::~UNet2DConditionModel() = default;
 
 Result<std::unique_ptr<UNet2DConditionModel>> UNet2DConditionModel::load(const io::ModelFolder& folder,
-                                                                         Backend& backend,
-                                                                         const std::string& variant) {
+                                                                         Backend& backend, const std::string& variant) {
   SD_ASSIGN_OR_RETURN(nlohmann::json json, folder.config("unet"));
   SD_ASSIGN_OR_RETURN(UNet2DConditionConfig config, UNet2DConditionConfig::from_json(json, "unet/config.json"));
   SD_ASSIGN_OR_RETURN(io::WeightSet weights, folder.weights("unet", variant));
@@ -258,8 +257,8 @@ Result<std::unique_ptr<UNet2DConditionModel>> UNet2DConditionModel::create(const
     auto block = std::make_unique<DownBlock>();
     for (int64_t j = 0; j < config.layers_per_block; ++j) {
       const std::string layer = std::to_string(j);
-      SD_ASSIGN_OR_RETURN(ResnetBlock2D r, resnet(prefix + ".resnets." + layer, j == 0 ? in_channels : out_channels,
-                                                  out_channels, 1.0));
+      SD_ASSIGN_OR_RETURN(ResnetBlock2D r,
+                          resnet(prefix + ".resnets." + layer, j == 0 ? in_channels : out_channels, out_channels, 1.0));
       block->resnets.push_back(std::move(r));
       if (block_type(config.down_block_types[i]) == "CrossAttnDownBlock2D") {
         SD_ASSIGN_OR_RETURN(Transformer2DModel t, transformer(prefix + ".attentions." + layer, out_channels, i));
@@ -316,9 +315,9 @@ Result<std::unique_ptr<UNet2DConditionModel>> UNet2DConditionModel::create(const
   }
 
   SD_ASSIGN_OR_RETURN(model->conv_norm_out_, load.norm("conv_norm_out", channels[0]));
-  SD_ASSIGN_OR_RETURN(model->conv_out_, load.conv2d("conv_out", channels[0], config.out_channels,
-                                                    config.conv_out_kernel,
-                                                    Conv2dParams{1, (config.conv_out_kernel - 1) / 2}));
+  SD_ASSIGN_OR_RETURN(model->conv_out_,
+                      load.conv2d("conv_out", channels[0], config.out_channels, config.conv_out_kernel,
+                                  Conv2dParams{1, (config.conv_out_kernel - 1) / 2}));
   return model;
 }
 
@@ -373,8 +372,8 @@ Result<Tensor> UNet2DConditionModel::forward(const Tensor& sample, float timeste
                                   "] (one text embedding per sample)");
   }
   const Tensor x = sample.is_contiguous() ? sample : sample.contiguous();
-  const Tensor context = encoder_hidden_states.is_contiguous() ? encoder_hidden_states
-                                                               : encoder_hidden_states.contiguous();
+  const Tensor context =
+      encoder_hidden_states.is_contiguous() ? encoder_hidden_states : encoder_hidden_states.contiguous();
 
   // 1. Time: silu(time_embedding(t)) as [1, temb], shared by the batch.
   const Tensor temb = time_embedding(timestep);

@@ -118,8 +118,8 @@ struct ConvFusion {
 };
 
 // Runs `conv` (made by `backend` from weight and bias) on x with the fusion's extras; y: [N, Ho, Wo, Cout].
-Tensor run_conv(Backend& backend, const Tensor& weight, const Tensor& bias, const Conv2dParams& params,
-                const Tensor& x, const ConvFusion& f, const Tensor& extra_bias, const Tensor& residual) {
+Tensor run_conv(Backend& backend, const Tensor& weight, const Tensor& bias, const Conv2dParams& params, const Tensor& x,
+                const ConvFusion& f, const Tensor& extra_bias, const Tensor& residual) {
   Tensor y = Tensor::empty(residual.shape());
   Conv2dExtras extras;
   if (f.extra_bias) extras.extra_bias = extra_bias;
@@ -333,8 +333,10 @@ TEST(CpuBf16Matmul, TransposeAndAlpha) {
     float alpha;
   };
   const Case cases[] = {
-      {2, 64, 40, 77, false, 1.0f},  {16, 64, 40, 77, true, 0.158f},  // 1/sqrt(40)
-      {3, 33, 17, 5, true, 1.0f},    {1, 128, 320, 64, false, -2.5f},
+      {2, 64, 40, 77, false, 1.0f},
+      {16, 64, 40, 77, true, 0.158f},  // 1/sqrt(40)
+      {3, 33, 17, 5, true, 1.0f},
+      {1, 128, 320, 64, false, -2.5f},
   };
   Worst worst{"matmul"};
   uint64_t seed = 3600;

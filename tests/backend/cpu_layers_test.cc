@@ -131,11 +131,11 @@ TEST(CpuConv2d, FusedExtras) {
 // with stride 2 and no other padding; also uneven padding on all four sides, with fused extras.
 TEST(CpuConv2d, AsymmetricPadding) {
   const ConvCase cases[] = {
-      {2, 16, 16, 32, 32, 3, 2, 0, 0, 0, 1, 1},    // VAE encoder downsample: 16x16 -> 8x8
-      {1, 15, 17, 64, 64, 3, 2, 0, 0, 0, 1, 1},    // odd sizes: 15x17 -> 7x8
-      {1, 12, 10, 16, 24, 3, 1, 0, 2, 0, 1, 3},    // every side different, stride 1
-      {2, 9, 9, 20, 12, 3, 2, 1, 0, 1, 1, 0},      // extras on top of symmetric padding
-      {1, 8, 8, 320, 320, 3, 2, 0, 0, 0, 1, 1},    // SD-sized channel count
+      {2, 16, 16, 32, 32, 3, 2, 0, 0, 0, 1, 1},  // VAE encoder downsample: 16x16 -> 8x8
+      {1, 15, 17, 64, 64, 3, 2, 0, 0, 0, 1, 1},  // odd sizes: 15x17 -> 7x8
+      {1, 12, 10, 16, 24, 3, 1, 0, 2, 0, 1, 3},  // every side different, stride 1
+      {2, 9, 9, 20, 12, 3, 2, 1, 0, 1, 1, 0},    // extras on top of symmetric padding
+      {1, 8, 8, 320, 320, 3, 2, 0, 0, 0, 1, 1},  // SD-sized channel count
   };
   ConvFusion fused;
   fused.extra_bias = true;
@@ -219,16 +219,16 @@ struct LinearCase {
 
 TEST(CpuLinear, ShapesAndFusions) {
   const LinearCase cases[] = {
-      {{2, 256, 320}, 320, false, Activation::kNone, false, false},  // to_q (no bias)
-      {{2, 77, 768}, 320, false, Activation::kNone, false, false},   // to_k from the text embedding
-      {{2, 256, 320}, 2560, true, Activation::kNone, false, false},  // GEGLU proj (2 x 1280)
-      {{2, 256, 1280}, 320, true, Activation::kNone, true, true},    // ff out + residual (aliasing y)
-      {{2, 256, 320}, 320, true, Activation::kNone, true, false},    // to_out + residual (not aliasing)
-      {{2, 1280}, 1280, true, Activation::kSiLU, false, false},      // time embedding MLP
+      {{2, 256, 320}, 320, false, Activation::kNone, false, false},      // to_q (no bias)
+      {{2, 77, 768}, 320, false, Activation::kNone, false, false},       // to_k from the text embedding
+      {{2, 256, 320}, 2560, true, Activation::kNone, false, false},      // GEGLU proj (2 x 1280)
+      {{2, 256, 1280}, 320, true, Activation::kNone, true, true},        // ff out + residual (aliasing y)
+      {{2, 256, 320}, 320, true, Activation::kNone, true, false},        // to_out + residual (not aliasing)
+      {{2, 1280}, 1280, true, Activation::kSiLU, false, false},          // time embedding MLP
       {{1, 77, 768}, 3072, true, Activation::kQuickGELU, false, false},  // CLIP MLP fc1
       {{3, 50, 64}, 96, true, Activation::kGELU, true, false},
       {{2, 40, 36}, 20, true, Activation::kSiLU, true, true},  // activation then residual
-      {{5, 7}, 3, true, Activation::kNone, false, false},       // tiny, odd sizes
+      {{5, 7}, 3, true, Activation::kNone, false, false},      // tiny, odd sizes
   };
   uint64_t seed = 500;
   for (const LinearCase& c : cases) {
@@ -265,8 +265,10 @@ TEST(CpuMatmul, TransposeAndAlpha) {
     float alpha;
   };
   const Case cases[] = {
-      {2, 64, 40, 77, false, 1.0f},  {16, 64, 40, 77, true, 0.158f},  // 1/sqrt(40)
-      {3, 33, 17, 5, true, 1.0f},    {1, 128, 320, 64, false, -2.5f},
+      {2, 64, 40, 77, false, 1.0f},
+      {16, 64, 40, 77, true, 0.158f},  // 1/sqrt(40)
+      {3, 33, 17, 5, true, 1.0f},
+      {1, 128, 320, 64, false, -2.5f},
   };
   uint64_t seed = 600;
   for (const Case& c : cases) {

@@ -155,6 +155,25 @@ TEST_F(ModelFolderTest, Fp16AskedButAbsentFallsBackWithAWarning) {
   EXPECT_TRUE(contains(warning, "no fp16 weights; using unet/diffusion_pytorch_model.safetensors"));
 }
 
+// A pipeline resolves each component's files when it opens the folder and again when it loads
+// the component: the fallback is reported once per component.
+TEST_F(ModelFolderTest, Fp16FallbackIsReportedOncePerComponent) {
+  add_weights("unet/diffusion_pytorch_model.safetensors");
+  add_weights("vae/diffusion_pytorch_model.safetensors");
+  auto folder = open();
+  ::testing::internal::CaptureStderr();
+  for (int i = 0; i < 2; ++i) {
+    for (const char* component : {"unet", "vae"}) ASSERT_TRUE(folder.weight_files(component, "fp16").is_ok());
+  }
+  const std::string warnings = ::testing::internal::GetCapturedStderr();
+  int count = 0;
+  for (size_t at = warnings.find("no fp16 weights"); at != std::string::npos;
+       at = warnings.find("no fp16 weights", at + 1)) {
+    ++count;
+  }
+  EXPECT_EQ(count, 2) << warnings;
+}
+
 TEST_F(ModelFolderTest, OnlyVariantIsUsedWhenNoneIsAsked) {
   add_weights("unet/diffusion_pytorch_model.fp16.safetensors");
   add_weights("unet/diffusion_pytorch_model.bin");  // never chosen over safetensors

@@ -19,9 +19,8 @@
 #include <cmath>
 #include <fstream>
 #include <iostream>
-#include <set>
-
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "io/npy.h"
 #include "io/safetensors.h"
@@ -32,11 +31,11 @@ namespace sdstack::models {
 namespace {
 
 using sdstack::testing::golden_dir;
-using sdstack::testing::read_json;
-using sdstack::testing::read_npy_checked;
 using sdstack::testing::have_golden;
 using sdstack::testing::max_abs_diff;
 using sdstack::testing::random_tensor;
+using sdstack::testing::read_json;
+using sdstack::testing::read_npy_checked;
 
 constexpr float kUNetTolerance = 1e-4f;
 constexpr float kIllConditionedCap = 2e-3f;
@@ -186,8 +185,8 @@ TEST_F(UNetGoldenTest, EveryCallOfEveryCaseMatchesDiffusersOnCpu) {
       const float floor = noise_floor(*model, sample, calls.timestep(i), calls.context, *out);
       EXPECT_LE(diff, 2.0f * floor) << "beyond 1e-4 and beyond twice this call's f32 noise floor " << floor;
       EXPECT_LE(diff, kIllConditionedCap);
-      std::cout << "[ UNet cpu ] " << id << " call " << i << ": |ours - diffusers| = " << diff
-                << ", f32 noise floor " << floor << "\n";
+      std::cout << "[ UNet cpu ] " << id << " call " << i << ": |ours - diffusers| = " << diff << ", f32 noise floor "
+                << floor << "\n";
       ++ill_conditioned;
     }
   }
@@ -195,8 +194,8 @@ TEST_F(UNetGoldenTest, EveryCallOfEveryCaseMatchesDiffusersOnCpu) {
   EXPECT_GE(compared, 50);
   EXPECT_LE(ill_conditioned * 20, compared);
   RecordProperty("max_abs_diff", std::to_string(worst));
-  std::cout << "[ UNet cpu ] " << compared << " calls, max |ours - diffusers| = " << worst << "; "
-            << ill_conditioned << " ill-conditioned, the others <= " << worst_well_conditioned << "\n";
+  std::cout << "[ UNet cpu ] " << compared << " calls, max |ours - diffusers| = " << worst << "; " << ill_conditioned
+            << " ill-conditioned, the others <= " << worst_well_conditioned << "\n";
 }
 
 TEST_F(UNetGoldenTest, OneCallMatchesDiffusersOnReference) {
@@ -329,8 +328,7 @@ TEST(UNetConfigTest, UnknownBlockTypesAndFeaturesAreNamed) {
   json = golden_unet_config();
   json["addition_embed_type"] = "text_time";
   status = UNet2DConditionConfig::from_json(json, "unet/config.json").status();
-  EXPECT_NE(status.message().find("key 'addition_embed_type' is \"text_time\""), std::string::npos)
-      << status.message();
+  EXPECT_NE(status.message().find("key 'addition_embed_type' is \"text_time\""), std::string::npos) << status.message();
 
   json = golden_unet_config();
   json["attention_head_dim"] = 7;  // 7 heads do not divide 32 channels

@@ -33,8 +33,8 @@ constexpr int64_t kScoreBudget = int64_t{16} << 20;
 // head-major, because oneDNN runs bf16 matmuls natively (AMX, AVX512-BF16) on dense operands
 // only: through the interleaved layout's strides it falls back to a gemm that runs q k^T (K = D
 // = 40) at 1/6 of f32's speed.
-void to_bf16_head_major(const Bf16Source& x, int64_t batch, int64_t tokens, int64_t heads, int64_t d,
-                        int64_t first, int64_t rows, uint16_t* y) {
+void to_bf16_head_major(const Bf16Source& x, int64_t batch, int64_t tokens, int64_t heads, int64_t d, int64_t first,
+                        int64_t rows, uint16_t* y) {
   const int64_t channels = heads * d;
   // Below ~16K elements a parallel region costs more than the copy (the CLIP encoder's, tiny models').
 #pragma omp parallel for collapse(2) schedule(static) if (batch * heads * rows * d > 16384)

@@ -19,8 +19,8 @@ inline __m512 exp2_16(__mmask16 valid, __m512 t) {
 #if defined(__AVX512DQ__)
   const __m512 f = _mm512_maskz_reduce_ps(valid, t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
 #else
-  const __m512 f = _mm512_maskz_sub_ps(
-      valid, t, _mm512_maskz_roundscale_ps(valid, t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+  const __m512 f =
+      _mm512_maskz_sub_ps(valid, t, _mm512_maskz_roundscale_ps(valid, t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
 #endif
   __m512 p = _mm512_set1_ps(1.8671307063e-3f);
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.0170285514e-3f));

@@ -58,8 +58,9 @@ class CpuBackend final : public Backend {
 
  private:
   std::shared_ptr<cpu::OneDnn> onednn_;
-  cpu::MatmulCache matmuls_;              // matmul and attention primitives, per shape
-  std::vector<float> attention_scores_;  // attention scratch, reused across calls: f32 flash: K/V per head; bf16: one query tile's scores
+  cpu::MatmulCache matmuls_;             // matmul and attention primitives, per shape
+  std::vector<float> attention_scores_;  // attention scratch, reused across calls: f32 flash: K/V per head; bf16: one
+                                         // query tile's scores
 };
 
 // The instruction set oneDNN dispatches to, in words. oneDNN's ISA values are bit sets, each

@@ -4,9 +4,8 @@
 
 #include <cstdint>
 #include <memory>
-#include <vector>
-
 #include <oneapi/dnnl/dnnl.hpp>
+#include <vector>
 
 #include "backend/backend.h"
 
@@ -109,8 +108,8 @@ void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, con
 // to bf16 into onednn's scratch, then tiles of 32 queries against chunks of 64 keys on the OpenMP
 // pool. Returns false, having done nothing, where it cannot run: a build or CPU without AMX (or a
 // kernel that refuses its tile state), or D > 512.
-bool flash_attention_amx(OneDnn& onednn, const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads,
-                         bool causal, Tensor& y);
+bool flash_attention_amx(OneDnn& onednn, const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal,
+                         Tensor& y);
 #if defined(__AVX512F__)
 // Fused (flash) attention in f32: keys and values streamed in tiles past 64 queries at a time, an
 // online softmax, no score matrix in memory. Runs on the OpenMP pool. `packed` is scratch it

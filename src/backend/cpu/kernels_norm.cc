@@ -1,11 +1,11 @@
 // Normalisation CPU kernels: group norm over NHWC with SiLU fused, layer norm and softmax over the
 // last dim. Statistics accumulate in double so that they match the (double) reference closely.
-#include <cassert>
+#include <omp.h>
+
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <vector>
-
-#include <omp.h>
 
 #include "backend/cpu/cpu_internal.h"
 #include "backend/cpu/vec_math.h"
@@ -56,8 +56,8 @@ std::vector<double> channel_sums(const float* xi, int64_t pixels, int64_t c, Val
 // with a = gamma rstd, then the activation, computed in double: x - mean must not lose the digits
 // that a float mean (or x a + (beta - mean a)) would round away. The pass is memory-bound, so the
 // double arithmetic costs little.
-void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_t groups, float eps,
-                Activation act, Tensor& y) {
+void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_t groups, float eps, Activation act,
+                Tensor& y) {
   assert(x.dtype() == DType::kF32 && x.is_contiguous() && y.is_contiguous() && x.numel() == y.numel());
   assert(y.dtype() == DType::kF32 || y.dtype() == DType::kBF16);
   assert(act == Activation::kNone || act == Activation::kSiLU);

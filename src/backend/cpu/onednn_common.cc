@@ -17,9 +17,12 @@ using dnnl::memory;
 
 memory::data_type dnnl_type(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return memory::data_type::f32;
-    case DType::kF16: return memory::data_type::f16;
-    case DType::kBF16: return memory::data_type::bf16;
+    case DType::kF32:
+      return memory::data_type::f32;
+    case DType::kF16:
+      return memory::data_type::f16;
+    case DType::kBF16:
+      return memory::data_type::bf16;
   }
   return memory::data_type::undef;
 }

@@ -115,7 +115,8 @@ class OneDnnConv2d final : public Conv2d {
       }
       memory src(stage.primitive_desc.src_desc(), onednn_->engine, const_cast<void*>(x_data));
       memory dst(stage.primitive_desc.dst_desc(), onednn_->engine, y.raw_data());
-      std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, stage.weights}, {DNNL_ARG_DST, dst}};
+      std::unordered_map<int, memory> args = {
+          {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, stage.weights}, {DNNL_ARG_DST, dst}};
       if (part == 0) {
         args[DNNL_ARG_BIAS] = memory(stage.primitive_desc.bias_desc(), onednn_->engine, const_cast<float*>(bias));
       }
@@ -184,8 +185,8 @@ class OneDnnConv2d final : public Conv2d {
       // onto dst, and the last applies the activation.
       const memory::desc no_bias;
       // Direct, not auto: auto may pick Winograd for 3x3, which is less accurate.
-      dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-                                           src, weights, part == 0 ? bias : no_bias, dst, {s, s},
+      dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
+                                           weights, part == 0 ? bias : no_bias, dst, {s, s},
                                            {params_.pad_top(), params_.pad_left()},
                                            {params_.pad_bottom(), params_.pad_right()});
       dnnl::post_ops ops;

@@ -51,7 +51,8 @@ class OneDnnLinear final : public Linear {
     const void* x_data = compute_operand(*onednn_, x, Bf16Scratch::Slot::kSrc);
     memory src(entry.primitive_desc.src_desc(), onednn_->engine, const_cast<void*>(x_data));
     memory dst(entry.primitive_desc.dst_desc(), onednn_->engine, y.raw_data());
-    std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, entry.weights}, {DNNL_ARG_DST, dst}};
+    std::unordered_map<int, memory> args = {
+        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, entry.weights}, {DNNL_ARG_DST, dst}};
     if (!bias_.empty()) {
       args[DNNL_ARG_BIAS] = memory(entry.primitive_desc.bias_desc(), onednn_->engine, bias_.data());
     }
