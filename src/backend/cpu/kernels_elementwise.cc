@@ -62,6 +62,11 @@ void activation(const Tensor& x, Activation act, Tensor& y) {
   }
 }
 
+// GEGLU's loop in 512-bit vectors where the CPU has them: -march=native on Sapphire Rapids prefers
+// 256 bits, and erf's polynomial, exp and division make this loop compute-bound (100 -> 77 ms per
+// bf16 UNet step on one core).
+#pragma GCC push_options
+#pragma GCC target("prefer-vector-width=512")
 // x: [rows, 2F] -> y: [rows, F] = x[:, :F] * gelu(x[:, F:]).
 void geglu(const Tensor& x, Tensor& y) {
   check_f32_contiguous(x);
@@ -85,6 +90,7 @@ void geglu(const Tensor& x, Tensor& y) {
     }
   }
 }
+#pragma GCC pop_options
 
 // b is a's shape, or a's trailing dims: then a is [outer, inner] and b is [inner].
 void add(const Tensor& a, const Tensor& b, Tensor& y) {
