@@ -1,6 +1,7 @@
 // Times the CPU backend's attention kernels at SD 1.5's first UNet level: self-attention
 // [2, 4096, 320] and cross-attention to 77 text tokens, 8 heads of 40: in f32 the fused (flash)
-// kernel against the oneDNN matmul path, and in bf16 the fused AMX kernel against the matmul path.
+// kernel against the oneDNN matmul path, and in bf16 the fused AMX kernel, the AVX-512 flash kernel
+// in bf16 (CPUs without AMX) and the matmul path.
 // Usage: attention_bench [threads] [runs]; prints the median CPU time of `runs` of each, alternated
 // (use one thread where other work shares the machine).
 #include <algorithm>
@@ -72,8 +73,12 @@ int main(int argc, char** argv) {
     };
     Kernel kernels[] = {
         {"f32 matmuls", [&](Tensor& y) { cpu::attention_matmuls(cache, q, k, v, 8, false, scores, y); }, {}, {}},
-        {"f32 flash", [&](Tensor& y) { cpu::flash_attention(q, k, v, 8, false, packed, y); }, {}, {}},
+        {"f32 flash", [&](Tensor& y) { cpu::flash_attention(q, k, v, 8, false, DType::kF32, packed, y); }, {}, {}},
         {"bf16 matmuls", [&](Tensor& y) { cpu::attention_matmuls(bf16_cache, q, k, v, 8, false, scores, y); }, {}, {}},
+        {"bf16 AVX-512 flash",
+         [&](Tensor& y) { cpu::flash_attention(q, k, v, 8, false, DType::kBF16, packed, y); },
+         {},
+         {}},
         {"bf16 AMX flash",
          [&](Tensor& y) {
            if (!cpu::flash_attention_amx(bf16_cache.onednn(), q, k, v, 8, false, y)) {
@@ -98,7 +103,7 @@ int main(int argc, char** argv) {
       for (int64_t i = 0; i < q.numel(); ++i) {
         diff = std::max(diff, std::abs(kernel.y.data<float>()[i] - kernels[0].y.data<float>()[i]));
       }
-      std::printf("  %-15s %8.1f ms CPU %8.1f GFLOP/s per core  (max |diff| to f32 matmuls %.2g)\n", kernel.name,
+      std::printf("  %-18s %8.1f ms CPU %8.1f GFLOP/s per core  (max |diff| to f32 matmuls %.2g)\n", kernel.name,
                   median(kernel.ms), gflop / (median(kernel.ms) / 1e3) / threads, diff);
     }
   }

@@ -419,12 +419,13 @@ struct AttentionCase {
   bool causal;
 };
 
-// Each case through the bf16 backend (the fused AMX kernel where the CPU has AMX) and through the
-// oneDNN matmul path that CPUs with AVX512-BF16 only run: both against one oracle.
+// Each case through the bf16 backend (the fused AMX kernel where the CPU has AMX), through the
+// AVX-512 flash kernel in bf16 that CPUs with AVX512-BF16 only run, and through the oneDNN matmul
+// path (CPUs without AVX-512 builds): all against one oracle.
 void check_attention(const std::vector<AttentionCase>& cases, uint64_t seed, Worst& worst) {
   cpu::MatmulCache matmuls(std::make_shared<cpu::OneDnn>());
   matmuls.onednn().compute_dtype = DType::kBF16;
-  std::vector<float> scores;
+  std::vector<float> scores, packed;
   for (const AttentionCase& c : cases) {
     SCOPED_TRACE(::testing::Message() << "B" << c.batch << " Lq" << c.lq << " Lk" << c.lk << " H" << c.heads << " D"
                                       << c.head_dim << (c.causal ? " causal" : ""));
@@ -446,6 +447,14 @@ void check_attention(const std::vector<AttentionCase>& cases, uint64_t seed, Wor
       SCOPED_TRACE("oneDNN matmuls");
       worst.check(y_matmuls, oracle.y, y_f32, kBf16AttentionTolerance, oracle.slack);
     }
+#if defined(__AVX512F__)
+    Tensor y_flash = Tensor::empty(q.shape());
+    cpu::flash_attention(q, k, v, c.heads, c.causal, DType::kBF16, packed, y_flash);
+    {
+      SCOPED_TRACE("AVX-512 flash in bf16");
+      worst.check(y_flash, oracle.y, y_f32, kBf16AttentionTolerance, oracle.slack);
+    }
+#endif
     // Through bf16 operands (as a bf16 model hands them over): q, k and v in bf16 give the same
     // numbers, and a bf16 y holds them rounded.
     const Tensor q16 = q.to(DType::kBF16), k16 = k.to(DType::kBF16), v16 = v.to(DType::kBF16);
@@ -458,6 +467,12 @@ void check_attention(const std::vector<AttentionCase>& cases, uint64_t seed, Wor
     EXPECT_EQ(max_rel_diff(from_operands, y_matmuls), 0.0f) << "oneDNN matmuls, bf16 q, k, v";
     cpu::attention_matmuls(matmuls, q16, k16, v16, c.heads, c.causal, scores, y16);
     EXPECT_EQ(max_rel_diff(y16.to(DType::kF32), rounded(y_matmuls)), 0.0f) << "oneDNN matmuls, bf16 y";
+#if defined(__AVX512F__)
+    cpu::flash_attention(q16, k16, v16, c.heads, c.causal, DType::kBF16, packed, from_operands);
+    EXPECT_EQ(max_rel_diff(from_operands, y_flash), 0.0f) << "AVX-512 flash, bf16 q, k, v";
+    cpu::flash_attention(q16, k16, v16, c.heads, c.causal, DType::kBF16, packed, y16);
+    EXPECT_EQ(max_rel_diff(y16.to(DType::kF32), rounded(y_flash)), 0.0f) << "AVX-512 flash, bf16 y";
+#endif
   }
 }
 

@@ -106,13 +106,24 @@ constexpr ScoreBlock kScoreBlocks[] = {nullptr,        score_block<1>, score_blo
 constexpr ValueBlock kValueBlocks[] = {nullptr,        value_block<1>, value_block<2>, value_block<3>,
                                        value_block<4>, value_block<5>, value_block<6>};
 
+// p rounded to bf16 (nearest even) and back: the probabilities bf16 attention multiplies v by.
+inline __m512 round_to_bf16(__m512 p) {
+  const __m512i bits = _mm512_castps_si512(p);
+  const __m512i lsb = _mm512_maskz_and_epi32(kAll, _mm512_maskz_srli_epi32(kAll, bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded =
+      _mm512_maskz_add_epi32(kAll, bits, _mm512_maskz_add_epi32(kAll, lsb, _mm512_set1_epi32(0x7fff)));
+  return _mm512_castsi512_ps(_mm512_maskz_and_epi32(kAll, rounded, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
 // One (batch, head, query tile): `rows` (<= 64) queries, `stride` floats apart, against keys and
-// values [0, key_end), `kv_stride` floats apart; out (y's rows, `stride` apart) = attention. With
-// `causal`, key j is masked for query first_query + r where j > first_query + r. Scratch, 64-byte
-// aligned: q_t and out_t [D][64], scores [kKeyTile][64].
-void flash_tile(const float* queries, const float* keys, const float* values, float* out, int64_t stride,
+// values [0, key_end), `kv_stride` floats apart; out (y's rows, `stride` elements apart, f32 or
+// bf16) = attention. With `causal`, key j is masked for query first_query + r where
+// j > first_query + r. With `bf16_probabilities`, bf16 attention's rounding (attention_amx.cc): the
+// maxes rounded up to integers and the probabilities to bf16 before P v (the caller rounds q, k
+// and v). Scratch, 64-byte aligned: q_t and out_t [D][64], scores [kKeyTile][64].
+void flash_tile(const float* queries, const float* keys, const float* values, void* out, bool out_bf16, int64_t stride,
                 int64_t kv_stride, int64_t d, int64_t rows, int64_t first_query, int64_t key_end, bool causal,
-                float alpha, float* q_t, float* out_t, float* scores) {
+                bool bf16_probabilities, float alpha, float* q_t, float* out_t, float* scores) {
   // Queries transposed to [D][64] (zeros past `rows`), so that a key's broadcast channel meets
   // 64 queries in four vectors: gathered 16 queries at a time.
   const __m512i row_offsets = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
@@ -170,7 +181,11 @@ void flash_tile(const float* queries, const float* keys, const float* values, fl
         new_max[i] = _mm512_maskz_max_ps(kAll, new_max[i], _mm512_load_ps(scores + j * kQueryTile + i * 16));
     }
     for (int i = 0; i < 4; ++i) {
-      new_max[i] = _mm512_maskz_max_ps(kAll, row_max[i], _mm512_mul_ps(new_max[i], scale));
+      new_max[i] = _mm512_mul_ps(new_max[i], scale);
+      if (bf16_probabilities) {
+        new_max[i] = _mm512_maskz_roundscale_ps(kAll, new_max[i], _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+      }
+      new_max[i] = _mm512_maskz_max_ps(kAll, row_max[i], new_max[i]);
       const __mmask16 seen = _mm512_cmp_ps_mask(row_max[i], neg_inf, _CMP_NEQ_OQ);
       correction[i] = exp2_16(seen, _mm512_sub_ps(row_max[i], new_max[i]));
       row_max[i] = new_max[i];
@@ -183,8 +198,8 @@ void flash_tile(const float* queries, const float* keys, const float* values, fl
         const __m512 s = _mm512_load_ps(at);
         const __mmask16 unmasked = masked ? _mm512_cmp_ps_mask(s, neg_inf, _CMP_NEQ_OQ) : kAll;
         const __m512 p = exp2_16(unmasked, _mm512_fmsub_ps(s, scale, new_max[i]));
-        tile_sum[i] = _mm512_add_ps(tile_sum[i], p);
-        _mm512_store_ps(at, p);
+        tile_sum[i] = _mm512_add_ps(tile_sum[i], p);  // the sum of the unrounded terms
+        _mm512_store_ps(at, bf16_probabilities ? round_to_bf16(p) : p);
       }
     }
     for (int i = 0; i < 4; ++i) row_sum[i] = _mm512_fmadd_ps(row_sum[i], correction[i], tile_sum[i]);
@@ -195,13 +210,34 @@ void flash_tile(const float* queries, const float* keys, const float* values, fl
       kValueBlocks[n](scores, nk, tile_values + c, kv_stride, correction, out_t + c * kQueryTile);
     }
   }
-  // out = out_t / sum, scattered back into the interleaved rows.
-  for (int64_t c = 0; c < d; ++c) {
-    for (int i = 0; i < 4; ++i) {
-      const __m512 o = _mm512_div_ps(_mm512_load_ps(out_t + c * kQueryTile + i * 16), row_sum[i]);
-      _mm512_mask_i32scatter_ps(out + (row_mask[i] ? i * 16 : 0) * stride + c, row_mask[i], row_offsets, o, 4);
+  // out = out_t / sum, scattered back into the interleaved rows (f32), or row by row (bf16).
+  if (!out_bf16) {
+    float* out_f32 = static_cast<float*>(out);
+    for (int64_t c = 0; c < d; ++c) {
+      for (int i = 0; i < 4; ++i) {
+        const __m512 o = _mm512_div_ps(_mm512_load_ps(out_t + c * kQueryTile + i * 16), row_sum[i]);
+        _mm512_mask_i32scatter_ps(out_f32 + (row_mask[i] ? i * 16 : 0) * stride + c, row_mask[i], row_offsets, o, 4);
+      }
     }
+    return;
   }
+  alignas(64) float sums[kQueryTile];
+  for (int i = 0; i < 4; ++i) _mm512_store_ps(sums + i * 16, row_sum[i]);
+  float row[512];  // one query's output; the caller sends D <= 512 here
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < d; ++c) row[c] = out_t[c * kQueryTile + r] / sums[r];
+    to_bf16_row(row, static_cast<uint16_t*>(out) + r * stride, d);
+  }
+}
+
+// Element i of x (f32 or bf16) as an f32 operand, rounded to a bf16 value where `round`.
+inline float operand_value(const Bf16Source& x, bool round, int64_t i) {
+  if (x.is_bf16) return __builtin_bit_cast(float, static_cast<uint32_t>(static_cast<const uint16_t*>(x.data)[i]) << 16);
+  const float value = static_cast<const float*>(x.data)[i];
+  if (!round) return value;
+  uint16_t rounded;
+  to_bf16_row(&value, &rounded, 1);
+  return __builtin_bit_cast(float, static_cast<uint32_t>(rounded) << 16);
 }
 #endif  // __AVX512F__
 
@@ -329,39 +365,51 @@ void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, con
 }
 
 #if defined(__AVX512F__)
-void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal,
+void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal, DType compute,
                      std::vector<float>& packed, Tensor& y) {
   assert(q.is_contiguous() && k.is_contiguous() && v.is_contiguous() && y.is_contiguous());
-  assert(q.dtype() == DType::kF32 && k.dtype() == DType::kF32 && v.dtype() == DType::kF32);
+  assert(q.dtype() == k.dtype() && q.dtype() == v.dtype());
   const int64_t batch = q.dim(0), lq = q.dim(1), channels = q.dim(2), lk = k.dim(1);
   assert(channels % heads == 0 && k.dim(2) == channels && v.dim(1) == lk && y.dim(1) == lq);
   const int64_t d = channels / heads;
+  const bool bf16 = compute == DType::kBF16;
+  assert(bf16 || (q.dtype() == DType::kF32 && y.dtype() == DType::kF32));
+  assert(d <= 512 || y.dtype() == DType::kF32);
   const float alpha = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
   const int64_t tiles = (lq + kQueryTile - 1) / kQueryTile;
-  const float* pq = q.data<float>();
-  const float* pk = k.data<float>();
-  const float* pv = v.data<float>();
-  float* py = y.data<float>();
+  const Bf16Source q_source(q), k_source(k), v_source(v);
+  const bool y_bf16 = y.dtype() == DType::kBF16;
+  char* py = static_cast<char*>(y.raw_data());
+  const size_t y_element = tensor::dtype_size(y.dtype());
   // k and v copied head-major [B, H, Lk, D]. Interleaved, a head's D floats of a token share cache
   // lines with the neighbouring heads' (160 bytes over 3 lines at D = 40); dense, one head's keys
   // and values (1.3 MB at Lk = 4096, D = 40) stay in L2 while all its query tiles pass. Measured
   // ~25% faster at SD's first level.
-  if (packed.size() < static_cast<size_t>(2 * batch * lk * channels)) {
-    packed.resize(static_cast<size_t>(2 * batch * lk * channels));
-  }
+  // In bf16, q, k and v as bf16 values in f32 (rounded, or widened from bf16 operands): their
+  // products are exact in f32, as on AMX. q then gets an f32 copy in y's layout for the gathers.
+  const bool q_copy = q.dtype() != DType::kF32 || bf16;
+  const int64_t packed_size = 2 * batch * lk * channels + (q_copy ? batch * lq * channels : 0);
+  if (packed.size() < static_cast<size_t>(packed_size)) packed.resize(static_cast<size_t>(packed_size));
   float* k_packed = packed.data();
   float* v_packed = k_packed + batch * lk * channels;
+  float* q_rounded = v_packed + batch * lk * channels;
 #pragma omp parallel for collapse(2) schedule(static) if (batch * lk * channels > 65536)
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t j = 0; j < lk; ++j) {
       for (int64_t h = 0; h < heads; ++h) {
         for (int64_t c = 0; c < d; ++c) {
-          k_packed[((b * heads + h) * lk + j) * d + c] = pk[(b * lk + j) * channels + h * d + c];
-          v_packed[((b * heads + h) * lk + j) * d + c] = pv[(b * lk + j) * channels + h * d + c];
+          const int64_t from = (b * lk + j) * channels + h * d + c;
+          k_packed[((b * heads + h) * lk + j) * d + c] = operand_value(k_source, bf16, from);
+          v_packed[((b * heads + h) * lk + j) * d + c] = operand_value(v_source, bf16, from);
         }
       }
     }
   }
+  if (q_copy) {
+#pragma omp parallel for schedule(static) if (batch * lq * channels > 65536)
+    for (int64_t i = 0; i < batch * lq * channels; ++i) q_rounded[i] = operand_value(q_source, bf16, i);
+  }
+  const float* pq = q_copy ? q_rounded : q.data<float>();
   // Below ~64K multiply-adds a parallel region costs more than the attention (tiny models').
 #pragma omp parallel if (batch * heads * lq * lk * d > 65536)
   {
@@ -382,8 +430,8 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t 
           const int64_t key_end = causal && q0 + rows < lk ? q0 + rows : lk;
           const int64_t at = (b * lq + q0) * channels + h * d;
           const int64_t kv = (b * heads + h) * lk * d;
-          flash_tile(pq + at, k_packed + kv, v_packed + kv, py + at, channels, d, d, rows, q0, key_end, causal, alpha,
-                     q_t, out_t, scores);
+          flash_tile(pq + at, k_packed + kv, v_packed + kv, py + at * y_element, y_bf16, channels, d, d, rows, q0,
+                     key_end, causal, bf16, alpha, q_t, out_t, scores);
         }
       }
     }
@@ -395,15 +443,16 @@ void attention(MatmulCache& cache, const Tensor& q, const Tensor& k, const Tenso
                std::vector<float>& scores, Tensor& y) {
   // bf16 operands only in bf16 compute (the operand dtype).
   assert(cache.onednn().compute_dtype == DType::kBF16 || (q.dtype() == DType::kF32 && y.dtype() == DType::kF32));
+  const DType compute = cache.onednn().compute_dtype;
+  if (compute == DType::kBF16 && flash_attention_amx(cache.onednn(), q, k, v, heads, causal, y)) return;
 #if defined(__AVX512F__)
-  if (cache.onednn().compute_dtype == DType::kF32) {
-    flash_attention(q, k, v, heads, causal, scores, y);
+  // f32, and bf16 without AMX (AVX512-BF16 only, as Zen 4): oneDNN's bf16 matmuls run q k^T at
+  // D = 40 at a quarter of the f32 flash kernel's speed.
+  if (compute == DType::kF32 || q.dim(2) / heads <= 512) {
+    flash_attention(q, k, v, heads, causal, compute, scores, y);
     return;
   }
 #endif
-  if (cache.onednn().compute_dtype == DType::kBF16 && flash_attention_amx(cache.onednn(), q, k, v, heads, causal, y)) {
-    return;
-  }
   attention_matmuls(cache, q, k, v, heads, causal, scores, y);
 }
 

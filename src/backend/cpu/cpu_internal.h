@@ -94,8 +94,9 @@ std::unique_ptr<Linear> make_onednn_linear(std::shared_ptr<OneDnn> onednn, const
 
 // Batched matmul through `cache` (see Backend::matmul).
 void batched_matmul(MatmulCache& cache, const Tensor& a, const Tensor& b, Tensor& y, bool transpose_b, float alpha);
-// Multi-head attention (see Backend::attention): flash_attention in f32 compute on AVX-512 builds,
-// flash_attention_amx in bf16 compute on AMX, else attention_matmuls through `cache`. `scores` is
+// Multi-head attention (see Backend::attention): flash_attention_amx in bf16 compute on AMX, else
+// flash_attention on AVX-512 builds (f32, and bf16 with D <= 512), else attention_matmuls through
+// `cache`. `scores` is
 // scratch the f32 kernels may grow.
 void attention(MatmulCache& cache, const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal,
                std::vector<float>& scores, Tensor& y);
@@ -111,10 +112,13 @@ void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, con
 bool flash_attention_amx(OneDnn& onednn, const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal,
                          Tensor& y);
 #if defined(__AVX512F__)
-// Fused (flash) attention in f32: keys and values streamed in tiles past 64 queries at a time, an
-// online softmax, no score matrix in memory. Runs on the OpenMP pool. `packed` is scratch it
-// grows to 2 * k.numel() (head-major copies of k and v).
-void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal,
+// Fused (flash) attention on AVX-512 f32 FMAs: keys and values streamed in tiles past 64 queries at
+// a time, an online softmax, no score matrix in memory. Runs on the OpenMP pool. `packed` is
+// scratch it grows to 2 * k.numel() (head-major copies of k and v), plus q.numel() in bf16.
+// compute kBF16 computes what flash_attention_amx computes (q, k, v and the probabilities rounded
+// to bf16 as there; f32 accumulation in another order) for CPUs without AMX; q, k, v and y may then
+// be bf16 (y only for D <= 512).
+void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal, DType compute,
                      std::vector<float>& packed, Tensor& y);
 #endif
 
