@@ -1,0 +1,40 @@
+// BufferPool: best-fit reuse of large f32 buffers.
+#include "models/buffer_pool.h"
+
+namespace sdstack::models {
+
+using tensor::DType;
+using tensor::Shape;
+using tensor::Tensor;
+
+Tensor BufferPool::empty(const Shape& shape) {
+  int64_t count = 1;
+  for (int64_t d : shape) count *= d;
+  const size_t bytes = static_cast<size_t>(count) * sizeof(float);
+  if (bytes < kMinPooledBytes) return Tensor::empty(shape);
+  std::shared_ptr<Tensor> best;
+  for (const std::shared_ptr<Tensor>& buffer : buffers_) {
+    // use_count 1: only the pool holds it, no tensor over it is alive.
+    if (buffer.use_count() == 1 && buffer->nbytes() >= bytes && (best == nullptr || buffer->nbytes() < best->nbytes())) {
+      best = buffer;
+    }
+  }
+  if (best == nullptr) {
+    best = std::make_shared<Tensor>(Tensor::empty({count}));
+    buffers_.push_back(best);
+  }
+  // The tensor borrows the pool's (writable) buffer and keeps it alive, which marks it in use.
+  return Tensor::borrow(best, best->raw_data(), shape, DType::kF32);
+}
+
+size_t BufferPool::pooled_bytes() const {
+  size_t bytes = 0;
+  for (const std::shared_ptr<Tensor>& buffer : buffers_) bytes += buffer->nbytes();
+  return bytes;
+}
+
+Tensor empty_activation(BufferPool* pool, const Shape& shape) {
+  return pool != nullptr ? pool->empty(shape) : Tensor::empty(shape);
+}
+
+}  // namespace sdstack::models
