@@ -98,7 +98,7 @@ TEST(CpuConv2d, ShapesOfSd) {
 
 TEST(CpuConv2d, FusedExtras) {
   const ConvCase c{2, 12, 12, 64, 64, 3, 1, 1};
-  ConvFusion fusions[8];
+  ConvFusion fusions[9];
   fusions[0].bias = false;
   fusions[1].extra_bias = true;  // the time embedding
   fusions[2].residual = true;
@@ -114,8 +114,11 @@ TEST(CpuConv2d, FusedExtras) {
   fusions[6].activation = Activation::kSiLU;
   fusions[7].bias = false;
   fusions[7].activation = Activation::kGELU;
+  fusions[8].extra_bias = true;  // a residual read by a binary-add post-op, then the activation
+  fusions[8].residual = true;
+  fusions[8].activation = Activation::kSiLU;
   uint64_t seed = 200;
-  for (int i = 0; i < 8; ++i) {
+  for (int i = 0; i < 9; ++i) {
     SCOPED_TRACE(::testing::Message() << "fusion " << i);
     EXPECT_LE(conv_diff(c, fusions[i], seed++), kLayerTolerance);
   }

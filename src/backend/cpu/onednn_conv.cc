@@ -1,9 +1,15 @@
 // Conv2d on oneDNN: NHWC activations, weights reordered once into the primitive's preferred layout,
 // bias, extra bias, residual and activation fused; one primitive cached per input shape and fusion.
+// A residual is read by a binary-add post-op where it can be (not aliasing y, scale 1, and a
+// brgconv or jit implementation: oneDNN 2.6's gemm convolution gets a full-tensor binary operand
+// wrong with uneven padding), else copied into y for a sum post-op: the copy is a read and a write
+// of a tensor as big as y, 20 ms at [1, 512, 512, 128] on one core.
 // In bf16 compute the weights are bf16 and each input is rounded to a bf16 copy; bias, residual
 // and output stay f32 (oneDNN accumulates in f32).
 #include <cassert>
 #include <cstring>
+#include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "backend/cpu/cpu_internal.h"
@@ -40,7 +46,12 @@ class OneDnnConv2d final : public Conv2d {
     assert(y.dim(0) == n && y.dim(1) == params_.out_height(h, kernel_size_) &&
            y.dim(2) == params_.out_width(w, kernel_size_));
     const bool has_residual = extras.residual.defined();
-    const Entry& entry = find_or_create(n, h, w, has_residual, extras.residual_scale, extras.activation);
+    const bool residual_in_place = has_residual && extras.residual.raw_data() == y.raw_data();
+    const Residual wanted = !has_residual                                             ? Residual::kNone
+                            : residual_in_place || extras.residual_scale != 1.0f ? Residual::kSum
+                                                                                  : Residual::kBinary;
+    const Entry& entry = find_or_create(n, h, w, wanted, extras.residual_scale, extras.activation);
+    const Residual residual = entry.residual;
 
     // bias + extra_bias (the time embedding) into scratch: one small vector per call.
     const float* bias = bias_.data();
@@ -52,19 +63,20 @@ class OneDnnConv2d final : public Conv2d {
       bias = bias_scratch_.data();
     }
     // The sum post-op accumulates into dst, so a residual that is not y itself goes there first.
-    if (has_residual) {
-      assert(extras.residual.numel() == y.numel() && extras.residual.is_contiguous());
-      parallel_copy(extras.residual.data<float>(), y.data<float>(), y.numel());
-    }
+    if (has_residual) assert(extras.residual.numel() == y.numel() && extras.residual.is_contiguous());
+    if (residual == Residual::kSum) parallel_copy(extras.residual.data<float>(), y.data<float>(), y.numel());
 
     const void* x_data = compute_operand(*onednn_, x, Bf16Scratch::Slot::kSrc);
     memory src(entry.primitive_desc.src_desc(), onednn_->engine, const_cast<void*>(x_data));
     memory dst(entry.primitive_desc.dst_desc(), onednn_->engine, y.raw_data());
     memory bias_mem(entry.primitive_desc.bias_desc(), onednn_->engine, const_cast<float*>(bias));
-    entry.primitive.execute(onednn_->stream, {{DNNL_ARG_SRC, src},
-                                              {DNNL_ARG_WEIGHTS, entry.weights},
-                                              {DNNL_ARG_BIAS, bias_mem},
-                                              {DNNL_ARG_DST, dst}});
+    std::unordered_map<int, memory> args{
+        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, entry.weights}, {DNNL_ARG_BIAS, bias_mem}, {DNNL_ARG_DST, dst}};
+    if (residual == Residual::kBinary) {
+      args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] =
+          memory(entry.primitive_desc.dst_desc(), onednn_->engine, const_cast<void*>(extras.residual.raw_data()));
+    }
+    entry.primitive.execute(onednn_->stream, args);
     onednn_->stream.wait();
   }
 
@@ -74,10 +86,14 @@ class OneDnnConv2d final : public Conv2d {
   const Conv2dParams& params() const override { return params_; }
 
  private:
+  // How a residual is added: none, a sum post-op onto dst (which holds it), a binary-add post-op.
+  enum class Residual { kNone, kSum, kBinary };
+
   // A primitive for one input shape and one set of fused extras.
   struct Entry {
     int64_t n, h, w;
-    bool residual;
+    Residual wanted;    // what run() asked for (the cache key)
+    Residual residual;  // what the primitive does: kSum where kBinary was wanted but not supported
     float residual_scale;
     Activation activation;
     dnnl::convolution_forward::primitive_desc primitive_desc;
@@ -95,11 +111,11 @@ class OneDnnConv2d final : public Conv2d {
     return m;
   }
 
-  const Entry& find_or_create(int64_t n, int64_t h, int64_t w, bool residual, float residual_scale,
+  const Entry& find_or_create(int64_t n, int64_t h, int64_t w, Residual wanted, float residual_scale,
                               Activation activation) {
-    if (!residual) residual_scale = 1.0f;  // irrelevant without a residual: do not split the cache on it
+    if (wanted == Residual::kNone) residual_scale = 1.0f;  // irrelevant without a residual: do not split the cache on it
     for (const Entry& e : entries_) {
-      if (e.n == n && e.h == h && e.w == w && e.residual == residual && e.residual_scale == residual_scale &&
+      if (e.n == n && e.h == h && e.w == w && e.wanted == wanted && e.residual_scale == residual_scale &&
           e.activation == activation) {
         return e;
       }
@@ -115,14 +131,26 @@ class OneDnnConv2d final : public Conv2d {
     dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
                                          src, weights, bias, dst, {s, s}, {params_.pad_top(), params_.pad_left()},
                                          {params_.pad_bottom(), params_.pad_right()});
-    dnnl::post_ops ops;
-    if (residual) ops.append_sum(residual_scale);  // dst = conv + bias + scale * dst
-    append_activation(ops, activation);
-    dnnl::primitive_attr attr;
-    attr.set_post_ops(ops);
-    dnnl::convolution_forward::primitive_desc pd(desc, attr, onednn_->engine);
+    auto make = [&](Residual residual) {
+      dnnl::post_ops ops;
+      if (residual == Residual::kSum) ops.append_sum(residual_scale);  // dst = conv + bias + scale * dst
+      if (residual == Residual::kBinary) ops.append_binary(dnnl::algorithm::binary_add, dst);  // + residual, dst's layout
+      append_activation(ops, activation);
+      dnnl::primitive_attr attr;
+      attr.set_post_ops(ops);
+      return dnnl::convolution_forward::primitive_desc(desc, attr, onednn_->engine);
+    };
+    Residual residual = wanted;
+    dnnl::convolution_forward::primitive_desc pd = make(residual);
+    if (residual == Residual::kBinary) {
+      const std::string impl = pd.impl_info_str();
+      if (impl.rfind("brg", 0) != 0 && impl.rfind("jit", 0) != 0) {
+        residual = Residual::kSum;
+        pd = make(residual);
+      }
+    }
     const memory prepared = weights_.get(pd.weights_desc());
-    entries_.push_back(Entry{n, h, w, residual, residual_scale, activation, pd, dnnl::convolution_forward(pd),
+    entries_.push_back(Entry{n, h, w, wanted, residual, residual_scale, activation, pd, dnnl::convolution_forward(pd),
                              prepared});
     return entries_.back();
   }
