@@ -11,6 +11,13 @@
 #include "backend/cpu/vec_math.h"
 
 namespace sdstack::backend::cpu {
+
+// The group norm's loops in 512-bit vectors where the CPU has them: -march=native on Sapphire
+// Rapids prefers 256 bits, and the fused SiLU then costs a quarter more time on top of the memory
+// traffic (52 -> 43 ms at [1, 512, 512, 128] on one core).
+#pragma GCC push_options
+#pragma GCC target("prefer-vector-width=512")
+
 namespace {
 
 // Pixels whose statistics are taken in float before they are merged (in double) into a channel's
@@ -149,6 +156,8 @@ void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_
     }
   }
 }
+
+#pragma GCC pop_options
 
 // x, y: [rows, C]; each row is in cache for the three short passes (mean, variance, normalise).
 void layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, Tensor& y) {
