@@ -1,6 +1,8 @@
 // BufferPool: best-fit reuse of large f32 buffers.
 #include "models/buffer_pool.h"
 
+#include <vector>
+
 namespace sdstack::models {
 
 using tensor::DType;
@@ -20,6 +22,11 @@ Tensor BufferPool::empty(const Shape& shape) {
     }
   }
   if (best == nullptr) {
+    // Free buffers too small for this request go first: the decoder's activations only grow, so
+    // those of a coarser level would never be used again and would add to the peak memory.
+    std::erase_if(buffers_, [bytes](const std::shared_ptr<Tensor>& buffer) {
+      return buffer.use_count() == 1 && buffer->nbytes() < bytes;
+    });
     best = std::make_shared<Tensor>(Tensor::empty({count}));
     buffers_.push_back(best);
   }

@@ -21,7 +21,7 @@ class BufferPool {
   static constexpr size_t kMinPooledBytes = size_t{16} << 20;
 
   // An uninitialised contiguous f32 tensor of `shape`: over the smallest free buffer that holds
-  // it, else over a new buffer of exactly its size.
+  // it, else over a new buffer of exactly its size (freeing the free buffers smaller than it).
   tensor::Tensor empty(const tensor::Shape& shape);
 
   size_t pooled_bytes() const;
