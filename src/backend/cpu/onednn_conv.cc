@@ -1,9 +1,11 @@
 // Conv2d on oneDNN: NHWC activations, weights reordered once into the primitive's preferred layout,
 // bias, extra bias, residual and activation fused; one primitive cached per input shape and fusion.
-// A residual is read by a binary-add post-op where it can be (not aliasing y, scale 1, and a
-// brgconv or jit implementation: oneDNN 2.6's gemm convolution gets a full-tensor binary operand
-// wrong with uneven padding), else copied into y for a sum post-op: the copy is a read and a write
-// of a tensor as big as y, 20 ms at [1, 512, 512, 128] on one core.
+// In bf16 compute a residual is read by a binary-add post-op where it can be (not aliasing y,
+// scale 1, and a brgconv or jit implementation: oneDNN 2.6's gemm convolution gets a full-tensor
+// binary operand wrong with uneven padding), else copied into y for a sum post-op. The copy is a
+// read and a write of a tensor as big as y (20 ms at [1, 512, 512, 128] on one core), which counts
+// next to AMX convolutions; f32 convolutions are compute-bound and keep the sum (the binary
+// operand measured no faster there, and f32 results stay as they were).
 // In bf16 compute the weights are bf16 and each input is rounded to a bf16 copy; bias, residual
 // and output stay f32 (oneDNN accumulates in f32).
 #include <cassert>
@@ -47,9 +49,11 @@ class OneDnnConv2d final : public Conv2d {
            y.dim(2) == params_.out_width(w, kernel_size_));
     const bool has_residual = extras.residual.defined();
     const bool residual_in_place = has_residual && extras.residual.raw_data() == y.raw_data();
-    const Residual wanted = !has_residual                                             ? Residual::kNone
-                            : residual_in_place || extras.residual_scale != 1.0f ? Residual::kSum
-                                                                                  : Residual::kBinary;
+    Residual wanted = Residual::kNone;
+    if (has_residual) {
+      const bool binary = !residual_in_place && extras.residual_scale == 1.0f && compute_ == DType::kBF16;
+      wanted = binary ? Residual::kBinary : Residual::kSum;
+    }
     const Entry& entry = find_or_create(n, h, w, wanted, extras.residual_scale, extras.activation);
     const Residual residual = entry.residual;
 
