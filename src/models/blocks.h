@@ -4,7 +4,8 @@
 //
 // Every block holds a pointer to the backend its layers were made by; the backend must outlive it.
 // forward() allocates its outputs (the models call it once per denoising step, so this is a few
-// hundred allocations per step; a buffer plan can come later). Not thread-safe.
+// hundred allocations per step), from a BufferPool where the caller passes one (the VAE, whose
+// activations are large enough for fresh pages to cost). Not thread-safe.
 #pragma once
 
 #include <cstdint>
