@@ -1,11 +1,13 @@
-// Where one UNet forward's time goes, per op kind and per shape: SD 1.5's UNet (random weights) on
-// the CPU backend behind a backend that times every op it forwards. Each op ends with oneDNN's
+// Where one UNet forward's (or VAE decode's) time goes, per op kind and per shape: SD 1.5's UNet or
+// VAE decoder (random weights) on the CPU backend behind a backend that times every op it forwards. Each op ends with oneDNN's
 // stream wait or an OpenMP barrier, so the time around a call is that op's. The time is the
 // process's CPU time: on a machine shared with other work, with one thread, it counts what the op
 // computes and not the time slices others took (wall time would, and with several threads so would
 // the spinning at barriers while a thread waits for its turn).
-// Usage: unet_profile [f32|bf16] [size] [runs] [threads]; prints the last run's table (after a
-// warm-up). threads defaults to 1 (see above).
+// Usage: unet_profile [unet|vae] [f32|bf16] [size] [runs] [threads]; prints the last run's table
+// (after a warm-up). The model defaults to unet (`unet_profile bf16 512 1 1` still works); size is
+// the image's (the UNet runs batch 2 on size/8 latents, the VAE decodes batch 1 size/8 latents);
+// threads defaults to 1 (see above).
 // In bf16, "bf16 src conversion" is the f32 -> bf16 rounding that convolutions and linears do on
 // their input, timed beside them on the same sizes; the conv and linear rows still include it.
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -24,6 +27,7 @@
 #include "models/presets.h"
 #include "models/random_weights.h"
 #include "models/unet.h"
+#include "models/vae.h"
 
 using namespace sdstack;
 using namespace sdstack::backend;
@@ -204,52 +208,84 @@ class TimedBackend final : public Backend {
   Profile profile_;
 };
 
+// The model to profile, built on `backend`, and one forward of it on fixed inputs.
+struct Workload {
+  std::string label;
+  std::function<base::Status()> forward;
+  std::shared_ptr<void> model;  // keeps the model alive
+};
+
+base::Result<Workload> unet_workload(Backend& backend, int64_t size) {
+  auto preset = models::model_preset("sd15");
+  SD_ASSIGN_OR_RETURN(auto config, models::UNet2DConditionConfig::from_json(preset.value().unet, "unet/config.json"));
+  models::RandomWeightSource weights;
+  SD_ASSIGN_OR_RETURN(std::unique_ptr<models::UNet2DConditionModel> model,
+                      models::UNet2DConditionModel::create(config, weights, backend));
+  const int64_t latent = size / 8;
+  Tensor sample = Tensor::empty({2, latent, latent, config.in_channels});
+  sample.fill(0.5f);
+  const Tensor text = Tensor::zeros({2, 77, 768});
+  std::shared_ptr<models::UNet2DConditionModel> shared(std::move(model));
+  return Workload{"UNet, batch 2", [shared, sample, text] { return shared->forward(sample, 999.0f, text).status(); },
+                  shared};
+}
+
+// The decoder as `sdstack bench` builds and runs it.
+base::Result<Workload> vae_workload(Backend& backend, int64_t size) {
+  auto preset = models::model_preset("sd15");
+  SD_ASSIGN_OR_RETURN(auto config, models::AutoencoderKLConfig::from_json(preset.value().vae, "vae/config.json"));
+  models::RandomWeightSource weights;
+  SD_ASSIGN_OR_RETURN(std::unique_ptr<models::AutoencoderKL> model,
+                      models::AutoencoderKL::create(config, weights, backend,
+                                                    models::AutoencoderKL::Parts::kDecoderOnly));
+  const int64_t latent = size / 8;
+  Tensor latents = Tensor::empty({1, latent, latent, config.latent_channels});
+  latents.fill(0.5f);
+  std::shared_ptr<models::AutoencoderKL> shared(std::move(model));
+  return Workload{"VAE decode, batch 1", [shared, latents] { return shared->decode(latents).status(); }, shared};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool bf16 = argc > 1 && std::strcmp(argv[1], "bf16") == 0;
-  const int64_t size = argc > 2 ? std::atoll(argv[2]) : 512;
-  const int runs = argc > 3 ? std::atoi(argv[3]) : 1;
-  const int threads = argc > 4 ? std::atoi(argv[4]) : 1;
+  int arg = 1;
+  std::string model_name = "unet";
+  if (argc > arg && (std::strcmp(argv[arg], "unet") == 0 || std::strcmp(argv[arg], "vae") == 0)) model_name = argv[arg++];
+  const bool bf16 = argc > arg && std::strcmp(argv[arg], "bf16") == 0;
+  ++arg;
+  const int64_t size = argc > arg ? std::atoll(argv[arg]) : 512;
+  ++arg;
+  const int runs = argc > arg ? std::atoi(argv[arg]) : 1;
+  ++arg;
+  const int threads = argc > arg ? std::atoi(argv[arg]) : 1;
   auto made = make_backend("cpu", BackendOptions{threads, bf16 ? DType::kBF16 : DType::kF32});
   if (!made.is_ok()) {
     std::fprintf(stderr, "unet_profile: %s\n", made.status().message().c_str());
     return 1;
   }
   TimedBackend backend(std::move(made).value(), bf16);
-  auto preset = models::model_preset("sd15");
-  auto config = models::UNet2DConditionConfig::from_json(preset.value().unet, "unet/config.json");
-  if (!config.is_ok()) {
-    std::fprintf(stderr, "unet_profile: %s\n", config.status().message().c_str());
+  auto workload = model_name == "vae" ? vae_workload(backend, size) : unet_workload(backend, size);
+  if (!workload.is_ok()) {
+    std::fprintf(stderr, "unet_profile: %s\n", workload.status().message().c_str());
     return 1;
   }
-  models::RandomWeightSource weights;
-  auto model = models::UNet2DConditionModel::create(config.value(), weights, backend);
-  if (!model.is_ok()) {
-    std::fprintf(stderr, "unet_profile: %s\n", model.status().message().c_str());
-    return 1;
-  }
-  weights.clear();
-  const int64_t latent = size / 8;
-  Tensor sample = Tensor::empty({2, latent, latent, config.value().in_channels});
-  sample.fill(0.5f);
-  const Tensor text = Tensor::zeros({2, 77, 768});
   double total_s = 0;
   for (int run = 0; run <= runs; ++run) {  // run 0 warms up: primitives, weight layouts, scratch
     backend.profile().clear();
     const auto start = std::chrono::steady_clock::now();
     const double cpu_start = cpu_seconds();
-    auto out = model.value()->forward(sample, 999.0f, text);
+    const base::Status status = workload.value().forward();
     total_s = cpu_seconds() - cpu_start;
     const double wall_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (!out.is_ok()) {
-      std::fprintf(stderr, "unet_profile: %s\n", out.status().message().c_str());
+    if (!status.is_ok()) {
+      std::fprintf(stderr, "unet_profile: %s\n", status.message().c_str());
       return 1;
     }
     std::printf("run %d: %.3f s CPU, %.3f s wall\n", run, total_s, wall_s);
   }
-  std::printf("UNet %s, %lldx%lld, batch 2, %d threads: %.3f s CPU (last run)\n", bf16 ? "bf16" : "f32",
-              static_cast<long long>(size), static_cast<long long>(size), num_threads(), total_s);
+  std::printf("%s %s, %lldx%lld, %d threads: %.3f s CPU (last run)\n", workload.value().label.c_str(),
+              bf16 ? "bf16" : "f32", static_cast<long long>(size), static_cast<long long>(size), num_threads(),
+              total_s);
   backend.profile().print(total_s);
   return 0;
 }

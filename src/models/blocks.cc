@@ -48,7 +48,7 @@ Result<ResnetBlock2D> ResnetBlock2D::load(WeightLoader& load, const std::string&
   return block;
 }
 
-Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor& silu_temb) const {
+Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor& silu_temb, BufferPool* pool) const {
   Backend& backend = *backend_;
   const int64_t out = options_.out_channels;
   // Each buffer lives only while it is needed: the VAE decoder runs these blocks on
@@ -66,20 +66,20 @@ Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor& silu_temb) const {
   }
   // The convolutions' inputs are written in the backend's operand dtype (bf16 in bf16 compute).
   const DType operand = backend.operand_dtype();
-  Tensor h = Tensor::empty(with_channels(x, out));  // [N, H, W, out]
+  Tensor h = empty_activation(pool, with_channels(x, out));  // [N, H, W, out]
   {
-    Tensor normed = Tensor::empty(x.shape(), operand);  // [N, H, W, in], freed once conv1 has read it
+    Tensor normed = empty_activation(pool, x.shape(), operand);  // [N, H, W, in], freed once conv1 has read it
     backend.group_norm(x, norm1_.gamma, norm1_.beta, options_.groups, options_.eps, Activation::kSiLU, normed);
     conv1_->run(normed, h, conv1_extras);
   }
   // silu(norm2(h)): in place in f32; else into an operand copy, and conv1's f32 output is freed.
-  Tensor h_normed = operand == h.dtype() ? h : Tensor::empty(h.shape(), operand);
+  Tensor h_normed = operand == h.dtype() ? h : empty_activation(pool, h.shape(), operand);
   backend.group_norm(h, norm2_.gamma, norm2_.beta, options_.groups, options_.eps, Activation::kSiLU, h_normed);
   h = Tensor();
 
   // y = shortcut(x) + conv2(h), the residual fused into conv2. A 1x1 shortcut is written straight
   // into y, which conv2 then accumulates onto (the residual may alias the output).
-  Tensor y = Tensor::empty(with_channels(x, out));  // [N, H, W, out]
+  Tensor y = empty_activation(pool, with_channels(x, out));  // [N, H, W, out]
   Conv2dExtras conv2_extras;
   conv2_extras.residual = x;
   if (conv_shortcut_ != nullptr) {
@@ -150,15 +150,15 @@ void resize_nearest(const Tensor& x, Tensor& y) {
 
 }  // namespace
 
-Tensor Upsample2D::forward(const Tensor& x, int64_t out_height, int64_t out_width) const {
+Tensor Upsample2D::forward(const Tensor& x, int64_t out_height, int64_t out_width, BufferPool* pool) const {
   // x: [N, H, W, C] -> up: [N, out_height, out_width, C] -> conv -> same shape
-  Tensor up = Tensor::empty({x.dim(0), out_height, out_width, x.dim(3)});
+  Tensor up = empty_activation(pool, {x.dim(0), out_height, out_width, x.dim(3)});
   if (out_height == 2 * x.dim(1) && out_width == 2 * x.dim(2)) {
     backend_->upsample_nearest2x(x, up);
   } else {
     resize_nearest(x, up);
   }
-  Tensor y = Tensor::empty(up.shape());
+  Tensor y = empty_activation(pool, up.shape());
   conv_->run(up, y);
   return y;
 }

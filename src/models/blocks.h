@@ -4,7 +4,8 @@
 //
 // Every block holds a pointer to the backend its layers were made by; the backend must outlive it.
 // forward() allocates its outputs (the models call it once per denoising step, so this is a few
-// hundred allocations per step; a buffer plan can come later). Not thread-safe.
+// hundred allocations per step), from a BufferPool where the caller passes one (the VAE, whose
+// activations are large enough for fresh pages to cost). Not thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,7 @@
 
 #include "backend/backend.h"
 #include "io/weights.h"
+#include "models/buffer_pool.h"
 #include "models/weight_loader.h"
 
 namespace sdstack::models {
@@ -36,8 +38,9 @@ class ResnetBlock2D {
   static base::Result<ResnetBlock2D> load(WeightLoader& load, const std::string& prefix, const Options& options);
 
   // x: [N, H, W, in]; silu_temb: silu(temb) as [1, temb_channels], one timestep shared by the batch,
-  // or undefined when the block has no time embedding. Returns [N, H, W, out].
-  Tensor forward(const Tensor& x, const Tensor& silu_temb) const;
+  // or undefined when the block has no time embedding. Returns [N, H, W, out]. With a pool, the
+  // output and the scratch come from it.
+  Tensor forward(const Tensor& x, const Tensor& silu_temb, BufferPool* pool = nullptr) const;
 
   int64_t out_channels() const { return options_.out_channels; }
 
@@ -68,7 +71,8 @@ class Upsample2D {
   static base::Result<Upsample2D> load(WeightLoader& load, const std::string& prefix, int64_t channels);
   // x: [N, H, W, C] -> [N, out_height, out_width, C]. Exactly 2x unless the UNet asks for the size of
   // an odd-sized skip connection (diffusers' `upsample_size`); torch's nearest rule then picks rows.
-  Tensor forward(const Tensor& x, int64_t out_height, int64_t out_width) const;
+  // With a pool, the output and the scratch come from it.
+  Tensor forward(const Tensor& x, int64_t out_height, int64_t out_width, BufferPool* pool = nullptr) const;
 
  private:
   Backend* backend_ = nullptr;

@@ -106,10 +106,10 @@ class VAEAttention {
     return attention;
   }
 
-  Tensor forward(const Tensor& x) const {
+  Tensor forward(const Tensor& x, BufferPool* pool) const {
     // x: [N, H, W, C] seen as the sequence [N, H*W, C].
     const int64_t n = x.dim(0), length = x.dim(1) * x.dim(2), c = x.dim(3);
-    Tensor normed = Tensor::empty(x.shape());
+    Tensor normed = empty_activation(pool, x.shape());
     backend_->group_norm(x, group_norm_.gamma, group_norm_.beta, groups_, kEps, Activation::kNone, normed);
     normed = normed.reshape({n, length, c});
     Tensor q = Tensor::empty({n, length, c}), k = Tensor::empty({n, length, c}), v = Tensor::empty({n, length, c});
@@ -118,7 +118,7 @@ class VAEAttention {
     to_v_->run(normed, v);
     Tensor attended = Tensor::empty({n, length, c});
     backend_->attention(q, k, v, /*heads=*/1, /*causal=*/false, attended);
-    Tensor y = Tensor::empty(x.shape());
+    Tensor y = empty_activation(pool, x.shape());
     Tensor y_rows = y.reshape({n, length, c});
     to_out_->run(attended, y_rows, LinearExtras{Activation::kNone, x.reshape({n, length, c})});
     return y;
@@ -151,10 +151,10 @@ struct MidBlock {
     return block;
   }
 
-  Tensor forward(const Tensor& x) const {
-    Tensor h = resnets[0].forward(x, Tensor());
-    if (attention.has_value()) h = attention->forward(h);
-    return resnets[1].forward(h, Tensor());
+  Tensor forward(const Tensor& x, BufferPool* pool) const {
+    Tensor h = resnets[0].forward(x, Tensor(), pool);
+    if (attention.has_value()) h = attention->forward(h, pool);
+    return resnets[1].forward(h, Tensor(), pool);
   }
 };
 
@@ -282,6 +282,9 @@ Result<Tensor> AutoencoderKL::decode(const Tensor& latents) {
   }
   const Decoder& decoder = *decoder_;
   const int64_t batch = latents.dim(0);
+  // The decoder's activations at 512 px are 67-268 MB each; a pool for this call reuses their
+  // memory from op to op and frees it on return.
+  BufferPool pool;
   Tensor z = latents.is_contiguous() ? latents : latents.contiguous();  // [B, h, w, latent]
   if (post_quant_conv_ != nullptr) {
     Tensor projected = Tensor::empty(z.shape());
@@ -291,10 +294,10 @@ Result<Tensor> AutoencoderKL::decode(const Tensor& latents) {
   // conv_in: [B, h, w, latent] -> [B, h, w, C_last]
   Tensor h = Tensor::empty({batch, z.dim(1), z.dim(2), config_.block_out_channels.back()});
   decoder.conv_in->run(z, h);
-  h = decoder.mid_block->forward(h);
+  h = decoder.mid_block->forward(h, &pool);
   for (const ResampleBlock& block : decoder.up_blocks) {
-    for (const ResnetBlock2D& r : block.resnets) h = r.forward(h, Tensor());
-    if (block.upsampler != nullptr) h = block.upsampler->forward(h, 2 * h.dim(1), 2 * h.dim(2));
+    for (const ResnetBlock2D& r : block.resnets) h = r.forward(h, Tensor(), &pool);
+    if (block.upsampler != nullptr) h = block.upsampler->forward(h, 2 * h.dim(1), 2 * h.dim(2), &pool);
   }
   // conv_out(silu(conv_norm_out(h))): [B, H, W, C0] -> [B, H, W, out]
   backend_.group_norm(h, decoder.conv_norm_out.gamma, decoder.conv_norm_out.beta, config_.norm_num_groups, kEps,
@@ -315,15 +318,16 @@ Result<LatentDistribution> AutoencoderKL::encode_distribution(const Tensor& imag
   }
   const Encoder& encoder = *encoder_;
   const Tensor x = image.is_contiguous() ? image : image.contiguous();
+  BufferPool pool;  // as in decode
   const int64_t batch = x.dim(0), latent = config_.latent_channels;
   // conv_in: [B, H, W, in] -> [B, H, W, C0]
   Tensor h = Tensor::empty({batch, x.dim(1), x.dim(2), config_.block_out_channels[0]});
   encoder.conv_in->run(x, h);
   for (const ResampleBlock& block : encoder.down_blocks) {
-    for (const ResnetBlock2D& r : block.resnets) h = r.forward(h, Tensor());
+    for (const ResnetBlock2D& r : block.resnets) h = r.forward(h, Tensor(), &pool);
     if (block.downsampler != nullptr) h = block.downsampler->forward(h);
   }
-  h = encoder.mid_block->forward(h);
+  h = encoder.mid_block->forward(h, &pool);
   // moments = quant_conv(conv_out(silu(conv_norm_out(h)))): [B, h, w, 2 * latent]
   backend_.group_norm(h, encoder.conv_norm_out.gamma, encoder.conv_norm_out.beta, config_.norm_num_groups, kEps,
                       Activation::kSiLU, h);

@@ -183,7 +183,7 @@ TEST(CpuBf16Conv2d, ShapesOfSd) {
 TEST(CpuBf16Conv2d, FusedExtras) {
   SKIP_WITHOUT_BF16();
   const ConvCase cases[] = {{2, 12, 12, 64, 64, 3, 1, 1}, {1, 7, 6, 1280, 48, 3, 1, 1}};
-  ConvFusion fusions[6];
+  ConvFusion fusions[7];
   fusions[0].bias = false;
   fusions[1].extra_bias = true;  // the time embedding
   fusions[2].residual = true;
@@ -197,14 +197,26 @@ TEST(CpuBf16Conv2d, FusedExtras) {
   fusions[4].activation = Activation::kSiLU;
   fusions[5].bias = false;
   fusions[5].activation = Activation::kGELU;
+  fusions[6].extra_bias = true;  // a residual read by a binary-add post-op, then the activation
+  fusions[6].residual = true;
+  fusions[6].activation = Activation::kSiLU;
   Worst worst{"conv fusions"};
   uint64_t seed = 3100;
   for (const ConvCase& c : cases) {
-    for (int i = 0; i < 6; ++i) {
+    for (int i = 0; i < 7; ++i) {
       SCOPED_TRACE(::testing::Message() << "Cin " << c.cin << ", fusion " << i);
       check_conv(c, fusions[i], seed, worst);
       seed += 10;
     }
+  }
+  // The binary-add residual where oneDNN may pick another implementation: odd channel counts,
+  // uneven padding with stride 2, a 1x1.
+  const ConvCase odd_cases[] = {
+      {1, 12, 12, 32, 20, 3, 1, 1}, {2, 16, 16, 32, 32, 3, 2, 0, 1, 1}, {1, 9, 7, 24, 40, 1, 1, 0}};
+  for (const ConvCase& odd : odd_cases) {
+    SCOPED_TRACE(::testing::Message() << odd.cin << "->" << odd.cout << " k" << odd.k << " s" << odd.stride);
+    check_conv(odd, fusions[6], seed, worst);
+    seed += 10;
   }
 }
 

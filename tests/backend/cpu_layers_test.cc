@@ -102,7 +102,7 @@ TEST(CpuConv2d, ShapesOfSd) {
 // bias with the first, the residual before it, the activation after the last).
 TEST(CpuConv2d, FusedExtras) {
   const ConvCase cases[] = {{2, 12, 12, 64, 64, 3, 1, 1}, {1, 7, 6, 1280, 48, 3, 1, 1}};
-  ConvFusion fusions[8];
+  ConvFusion fusions[9];
   fusions[0].bias = false;
   fusions[1].extra_bias = true;  // the time embedding
   fusions[2].residual = true;
@@ -118,9 +118,12 @@ TEST(CpuConv2d, FusedExtras) {
   fusions[6].activation = Activation::kSiLU;
   fusions[7].bias = false;
   fusions[7].activation = Activation::kGELU;
+  fusions[8].extra_bias = true;  // a residual read by a binary-add post-op, then the activation
+  fusions[8].residual = true;
+  fusions[8].activation = Activation::kSiLU;
   uint64_t seed = 200;
   for (const ConvCase& c : cases) {
-    for (int i = 0; i < 8; ++i) {
+    for (int i = 0; i < 9; ++i) {
       SCOPED_TRACE(::testing::Message() << "Cin " << c.cin << ", fusion " << i);
       EXPECT_LE(conv_diff(c, fusions[i], seed++), kLayerTolerance);
     }

@@ -63,6 +63,21 @@ TEST(CpuGroupNorm, SdShapesWithAndWithoutSiLU) {
   }
 }
 
+// Statistics over many 64-pixel blocks and both threads' ranges, and a mean of 100 next to a spread
+// of 0.3: the block means' float rounding and a float x - mean would show here.
+TEST(CpuGroupNorm, LargeMeanOverManyBlocks) {
+  const Shape shape{2, 48, 40, 128};
+  const Tensor x = random_tensor(shape, 1050, 100.0f, 101.0f);
+  const Tensor gamma = random_tensor({128}, 1051, 0.5f, 1.5f);
+  const Tensor beta = random_tensor({128}, 1052);
+  for (Activation activation : {Activation::kNone, Activation::kSiLU}) {
+    Tensor y_ref = Tensor::empty(shape), y_cpu = Tensor::empty(shape);
+    reference_backend().group_norm(x, gamma, beta, 32, 1e-6f, activation, y_ref);
+    cpu_backend().group_norm(x, gamma, beta, 32, 1e-6f, activation, y_cpu);
+    EXPECT_LE(max_rel_diff(y_cpu, y_ref), kNormTolerance);
+  }
+}
+
 TEST(CpuLayerNorm, RowsOfSdAndClip) {
   const Shape shapes[] = {{2, 256, 320}, {1, 77, 768}, {2, 64, 1280}, {3, 5, 7}};
   uint64_t seed = 1100;

@@ -3,6 +3,13 @@
 // In bf16 compute the weights are bf16 and each f32 input is rounded to a bf16 copy; bias, residual
 // and output stay f32 (oneDNN accumulates in f32).
 //
+// In bf16 compute a residual is read by a binary-add post-op where it can be (not aliasing y,
+// scale 1, and a brgconv or jit implementation: oneDNN 2.6's gemm convolution gets a full-tensor
+// binary operand wrong with uneven padding), else copied into y for a sum post-op. The copy is a
+// read and a write of a tensor as big as y (20 ms at [1, 512, 512, 128] on one core), which counts
+// next to AMX convolutions; f32 convolutions are compute-bound and keep the sum (the binary
+// operand measured no faster there, and f32 results stay as they were).
+//
 // 3x3 convolutions with many input channels run as several convolutions over parts of the input
 // channels, each adding onto the output (a sum post-op), the bias with the first, the activation
 // with the last. oneDNN 2.6's brgconv re-reads an output-channel block's weights (C_in x 9 x 32)
@@ -11,6 +18,7 @@
 // channels; measured 1.3-1.8x faster on the UNet's 1280- to 2560-channel convs, no slower on the rest.
 #include <cassert>
 #include <cstring>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -81,8 +89,14 @@ class OneDnnConv2d final : public Conv2d {
     const int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2);
     assert(y.dim(0) == n && y.dim(1) == params_.out_height(h, kernel_size_) &&
            y.dim(2) == params_.out_width(w, kernel_size_));
-    const bool has_residual = extras.residual.defined();
-    const Entry& entry = find_or_create(n, h, w, has_residual, extras.residual_scale, extras.activation);
+    Residual wanted = Residual::kNone;
+    if (extras.residual.defined()) {
+      assert(extras.residual.numel() == y.numel() && extras.residual.is_contiguous());
+      const bool in_place = extras.residual.raw_data() == y.raw_data();
+      const bool binary = !in_place && extras.residual_scale == 1.0f && compute_ == DType::kBF16;
+      wanted = binary ? Residual::kBinary : Residual::kSum;
+    }
+    const Entry& entry = find_or_create(n, h, w, wanted, extras.residual_scale, extras.activation);
 
     // bias + extra_bias (the time embedding) into scratch: one small vector per call.
     const float* bias = bias_.data();
@@ -94,8 +108,7 @@ class OneDnnConv2d final : public Conv2d {
       bias = bias_scratch_.data();
     }
     // The sum post-op accumulates into dst, so a residual that is not y itself goes there first.
-    if (has_residual) {
-      assert(extras.residual.numel() == y.numel() && extras.residual.is_contiguous());
+    if (entry.residual == Residual::kSum && extras.residual.raw_data() != y.raw_data()) {
       parallel_copy(extras.residual.data<float>(), y.data<float>(), y.numel());
     }
 
@@ -120,6 +133,10 @@ class OneDnnConv2d final : public Conv2d {
       if (part == 0) {
         args[DNNL_ARG_BIAS] = memory(stage.primitive_desc.bias_desc(), onednn_->engine, const_cast<float*>(bias));
       }
+      if (part == 0 && entry.residual == Residual::kBinary) {  // the first post-op
+        args[DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1] =
+            memory(stage.primitive_desc.dst_desc(), onednn_->engine, const_cast<void*>(extras.residual.raw_data()));
+      }
       stage.primitive.execute(onednn_->stream, args);
       onednn_->stream.wait();
     }
@@ -131,6 +148,9 @@ class OneDnnConv2d final : public Conv2d {
   const Conv2dParams& params() const override { return params_; }
 
  private:
+  // How a residual is added: none, a sum post-op onto dst (which holds it), a binary-add post-op.
+  enum class Residual { kNone, kSum, kBinary };
+
   // The convolution over one part of the input channels.
   struct Stage {
     dnnl::convolution_forward::primitive_desc primitive_desc;
@@ -140,7 +160,8 @@ class OneDnnConv2d final : public Conv2d {
   // The primitives for one input shape and one set of fused extras, one per part.
   struct Entry {
     int64_t n, h, w;
-    bool residual;
+    Residual wanted;    // what run() asked for (the cache key)
+    Residual residual;  // what the first part does: kSum where kBinary was wanted but not supported
     float residual_scale;
     Activation activation;
     std::vector<Stage> stages;
@@ -163,11 +184,11 @@ class OneDnnConv2d final : public Conv2d {
     return m;
   }
 
-  const Entry& find_or_create(int64_t n, int64_t h, int64_t w, bool residual, float residual_scale,
+  const Entry& find_or_create(int64_t n, int64_t h, int64_t w, Residual wanted, float residual_scale,
                               Activation activation) {
-    if (!residual) residual_scale = 1.0f;  // irrelevant without a residual: do not split the cache on it
+    if (wanted == Residual::kNone) residual_scale = 1.0f;  // irrelevant without a residual: no cache split
     for (const Entry& e : entries_) {
-      if (e.n == n && e.h == h && e.w == w && e.residual == residual && e.residual_scale == residual_scale &&
+      if (e.n == n && e.h == h && e.w == w && e.wanted == wanted && e.residual_scale == residual_scale &&
           e.activation == activation) {
         return e;
       }
@@ -179,23 +200,34 @@ class OneDnnConv2d final : public Conv2d {
     const memory::desc weights = plain_desc(compute_, {out_channels_, part_channels, k, k}, tag::any);
     const memory::desc bias = plain_desc(DType::kF32, {out_channels_}, tag::x);
     const memory::desc dst = plain_desc(DType::kF32, {n, out_channels_, ho, wo}, tag::nhwc);
-    Entry entry{n, h, w, residual, residual_scale, activation, {}};
+    Entry entry{n, h, w, wanted, wanted, residual_scale, activation, {}};
     for (int64_t part = 0; part < parts_; ++part) {
-      // The first part adds the bias (and the scaled residual already in dst), later parts add
-      // onto dst, and the last applies the activation.
+      // The first part adds the bias and the residual (scaled, in dst already, or read by a binary
+      // post-op), later parts add onto dst, and the last applies the activation.
       const memory::desc no_bias;
       // Direct, not auto: auto may pick Winograd for 3x3, which is less accurate.
       dnnl::convolution_forward::desc desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, src,
                                            weights, part == 0 ? bias : no_bias, dst, {s, s},
                                            {params_.pad_top(), params_.pad_left()},
                                            {params_.pad_bottom(), params_.pad_right()});
-      dnnl::post_ops ops;
-      if (part > 0) ops.append_sum(1.0f);
-      if (part == 0 && residual) ops.append_sum(residual_scale);  // dst = conv + bias + scale * dst
-      if (part == parts_ - 1) append_activation(ops, activation);
-      dnnl::primitive_attr attr;
-      attr.set_post_ops(ops);
-      dnnl::convolution_forward::primitive_desc pd(desc, attr, onednn_->engine);
+      auto make = [&](Residual residual) {
+        dnnl::post_ops ops;
+        if (part > 0) ops.append_sum(1.0f);
+        if (residual == Residual::kSum) ops.append_sum(residual_scale);  // dst = conv + bias + scale * dst
+        if (residual == Residual::kBinary) ops.append_binary(dnnl::algorithm::binary_add, dst);
+        if (part == parts_ - 1) append_activation(ops, activation);
+        dnnl::primitive_attr attr;
+        attr.set_post_ops(ops);
+        return dnnl::convolution_forward::primitive_desc(desc, attr, onednn_->engine);
+      };
+      dnnl::convolution_forward::primitive_desc pd = make(part == 0 ? entry.residual : Residual::kNone);
+      if (part == 0 && entry.residual == Residual::kBinary) {
+        const std::string impl = pd.impl_info_str();
+        if (impl.rfind("brg", 0) != 0 && impl.rfind("jit", 0) != 0) {
+          entry.residual = Residual::kSum;
+          pd = make(entry.residual);
+        }
+      }
       const memory prepared = weights_[static_cast<size_t>(part)].get(pd.weights_desc());
       entry.stages.push_back(Stage{pd, dnnl::convolution_forward(pd), prepared});
     }
