@@ -7,8 +7,8 @@
 //  - Inputs are contiguous; activations are f32 in memory. With compute_dtype bf16 (CPU backend),
 //    convolutions, linears and matmuls round their inputs to bf16 and accumulate in f32.
 //  - Operands: convolutions, linears and attention also take their inputs in operand_dtype(), and
-//    the ops that feed them (group norm, layer norm, GEGLU, linears without a residual, attention)
-//    may write y in it. In bf16 compute that is bf16: the same numbers the consumer would have
+//    the ops that feed them (group norm, layer norm, GEGLU, 2x upsampling, linears without a
+//    residual, attention) may write y in it. In bf16 compute that is bf16: the same numbers the consumer would have
 //    rounded to, without the rounding pass and at half the memory traffic. Everything else
 //    (residuals, convolutions' outputs, elementwise ops) stays f32.
 //  - Weights come in their checkpoint layout and dtype (torch's OIHW conv weights, [out, in]
@@ -144,7 +144,7 @@ class Backend {
   // y = x * scale, elementwise. y may alias x.
   virtual void scale(const Tensor& x, float scale, Tensor& y) = 0;
 
-  // Nearest-neighbour 2x upsampling: x: [N, H, W, C] -> y: [N, 2H, 2W, C].
+  // Nearest-neighbour 2x upsampling: x: [N, H, W, C] -> y: [N, 2H, 2W, C], f32 or operand_dtype().
   virtual void upsample_nearest2x(const Tensor& x, Tensor& y) = 0;
   // Concatenation along the last dim: a: [..., Ca], b: [..., Cb] -> y: [..., Ca + Cb].
   virtual void concat_last(const Tensor& a, const Tensor& b, Tensor& y) = 0;

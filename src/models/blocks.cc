@@ -151,9 +151,12 @@ void resize_nearest(const Tensor& x, Tensor& y) {
 }  // namespace
 
 Tensor Upsample2D::forward(const Tensor& x, int64_t out_height, int64_t out_width, BufferPool* pool) const {
-  // x: [N, H, W, C] -> up: [N, out_height, out_width, C] -> conv -> same shape
-  Tensor up = empty_activation(pool, {x.dim(0), out_height, out_width, x.dim(3)});
-  if (out_height == 2 * x.dim(1) && out_width == 2 * x.dim(2)) {
+  // x: [N, H, W, C] -> up: [N, out_height, out_width, C] -> conv -> same shape. The 2x path
+  // writes the conv's input in the backend's operand dtype.
+  const bool twice = out_height == 2 * x.dim(1) && out_width == 2 * x.dim(2);
+  Tensor up = empty_activation(pool, {x.dim(0), out_height, out_width, x.dim(3)},
+                               twice ? backend_->operand_dtype() : DType::kF32);
+  if (twice) {
     backend_->upsample_nearest2x(x, up);
   } else {
     resize_nearest(x, up);

@@ -17,6 +17,7 @@ using backend::Conv2dParams;
 using backend::LinearExtras;
 using base::Result;
 using base::Status;
+using tensor::DType;
 
 namespace {
 
@@ -52,8 +53,8 @@ Result<AutoencoderKLConfig> AutoencoderKLConfig::from_json(const nlohmann::json&
     const char* key;
     const char* type;
   };
-  for (const BlockKey& b : {BlockKey{"down_block_types", "DownEncoderBlock2D"},
-                            BlockKey{"up_block_types", "UpDecoderBlock2D"}}) {
+  for (const BlockKey& b :
+       {BlockKey{"down_block_types", "DownEncoderBlock2D"}, BlockKey{"up_block_types", "UpDecoderBlock2D"}}) {
     if (!reader.has(b.key)) continue;  // diffusers' defaults: one such block per block_out_channels
     SD_ASSIGN_OR_RETURN(std::vector<std::string> types, reader.strings(b.key));
     if (types.size() != blocks) {
@@ -62,8 +63,8 @@ Result<AutoencoderKLConfig> AutoencoderKLConfig::from_json(const nlohmann::json&
     }
     for (size_t i = 0; i < types.size(); ++i) {
       if (types[i] != b.type) {
-        return reader.error(b.key, "has '" + types[i] + "' (block " + std::to_string(i) + "); sdstack supports only '" +
-                                       b.type + "'");
+        return reader.error(
+            b.key, "has '" + types[i] + "' (block " + std::to_string(i) + "); sdstack supports only '" + b.type + "'");
       }
     }
   }
@@ -109,14 +110,17 @@ class VAEAttention {
   Tensor forward(const Tensor& x, BufferPool* pool) const {
     // x: [N, H, W, C] seen as the sequence [N, H*W, C].
     const int64_t n = x.dim(0), length = x.dim(1) * x.dim(2), c = x.dim(3);
-    Tensor normed = empty_activation(pool, x.shape());
+    // The inputs of the linears and the attention in the backend's operand dtype (bf16 in bf16).
+    const DType operand = backend_->operand_dtype();
+    Tensor normed = empty_activation(pool, x.shape(), operand);
     backend_->group_norm(x, group_norm_.gamma, group_norm_.beta, groups_, kEps, Activation::kNone, normed);
     normed = normed.reshape({n, length, c});
-    Tensor q = Tensor::empty({n, length, c}), k = Tensor::empty({n, length, c}), v = Tensor::empty({n, length, c});
+    Tensor q = Tensor::empty({n, length, c}, operand), k = Tensor::empty({n, length, c}, operand);
+    Tensor v = Tensor::empty({n, length, c}, operand);
     to_q_->run(normed, q);
     to_k_->run(normed, k);
     to_v_->run(normed, v);
-    Tensor attended = Tensor::empty({n, length, c});
+    Tensor attended = Tensor::empty({n, length, c}, operand);
     backend_->attention(q, k, v, /*heads=*/1, /*causal=*/false, attended);
     Tensor y = empty_activation(pool, x.shape());
     Tensor y_rows = y.reshape({n, length, c});
@@ -299,11 +303,15 @@ Result<Tensor> AutoencoderKL::decode(const Tensor& latents) {
     for (const ResnetBlock2D& r : block.resnets) h = r.forward(h, Tensor(), &pool);
     if (block.upsampler != nullptr) h = block.upsampler->forward(h, 2 * h.dim(1), 2 * h.dim(2), &pool);
   }
-  // conv_out(silu(conv_norm_out(h))): [B, H, W, C0] -> [B, H, W, out]
+  // conv_out(silu(conv_norm_out(h))): [B, H, W, C0] -> [B, H, W, out]; the norm in place in f32,
+  // else into an operand copy.
+  const DType operand = backend_.operand_dtype();
+  Tensor normed = operand == h.dtype() ? h : empty_activation(&pool, h.shape(), operand);
   backend_.group_norm(h, decoder.conv_norm_out.gamma, decoder.conv_norm_out.beta, config_.norm_num_groups, kEps,
-                      Activation::kSiLU, h);
-  Tensor image = Tensor::empty({batch, h.dim(1), h.dim(2), config_.out_channels});
-  decoder.conv_out->run(h, image);
+                      Activation::kSiLU, normed);
+  h = Tensor();
+  Tensor image = Tensor::empty({batch, normed.dim(1), normed.dim(2), config_.out_channels});
+  decoder.conv_out->run(normed, image);
   return image;
 }
 
@@ -313,8 +321,9 @@ Result<LatentDistribution> AutoencoderKL::encode_distribution(const Tensor& imag
                                   std::to_string(config_.in_channels) + "] (NHWC)");
   }
   if (encoder_ == nullptr) {
-    return base::invalid_argument("vae: loaded for decoding only (AutoencoderKL::Parts::kDecoderOnly); load it "
-                                  "with its encoder to encode images");
+    return base::invalid_argument(
+        "vae: loaded for decoding only (AutoencoderKL::Parts::kDecoderOnly); load it "
+        "with its encoder to encode images");
   }
   const Encoder& encoder = *encoder_;
   const Tensor x = image.is_contiguous() ? image : image.contiguous();

@@ -546,7 +546,7 @@ TEST(CpuBf16Backend, OtherOpsStayF32) {
   EXPECT_EQ(max_rel_diff(a, b), 0.0f) << "gelu";
 }
 
-// Norms, GEGLU and linears write bf16 operands that are exactly their f32 results rounded;
+// Norms, GEGLU, upsampling and linears write bf16 operands that are exactly their f32 results rounded;
 // convolutions and linears read them exactly as they would have rounded the f32 input themselves
 // (attention: check_attention). Odd channel counts reach the conversion's scalar tail.
 TEST(CpuBf16Backend, Bf16OperandsAreTheRoundedF32Ones) {
@@ -572,6 +572,10 @@ TEST(CpuBf16Backend, Bf16OperandsAreTheRoundedF32Ones) {
     bf16.geglu(x, gated);
     bf16.geglu(x, gated_operand);
     EXPECT_EQ(max_rel_diff(gated_operand.to(DType::kF32), rounded(gated)), 0.0f) << "geglu";
+    Tensor up = Tensor::empty({2, 10, 14, c}), up_operand = Tensor::empty({2, 10, 14, c}, DType::kBF16);
+    bf16.upsample_nearest2x(x, up);
+    bf16.upsample_nearest2x(x, up_operand);
+    EXPECT_EQ(max_rel_diff(up_operand.to(DType::kF32), rounded(up)), 0.0f) << "upsample";
 
     const Tensor x_operand = x.to(DType::kBF16);
     const Tensor conv_weight = random_tensor({24, c, 3, 3}, 3903, -0.1f, 0.1f), bias = random_tensor({24}, 3904);

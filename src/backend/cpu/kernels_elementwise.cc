@@ -163,24 +163,35 @@ void scale(const Tensor& x, float factor, Tensor& y) {
 }
 
 // x: [N, H, W, C] -> y: [N, 2H, 2W, C]; each input pixel's C floats land in four output pixels.
+// y f32, or bf16: each input row rounded once into a per-thread row, then copied like f32 pixels.
 void upsample_nearest2x(const Tensor& x, Tensor& y) {
   check_f32_contiguous(x);
-  check_f32_contiguous(y);
+  assert(y.is_contiguous() && (y.dtype() == DType::kF32 || y.dtype() == DType::kBF16));
   const int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2), c = x.dim(3);
   assert(y.dim(0) == n && y.dim(1) == 2 * h && y.dim(2) == 2 * w && y.dim(3) == c);
+  const bool bf16_out = y.dtype() == DType::kBF16;
+  const size_t element = tensor::dtype_size(y.dtype());
+  const size_t pixel_bytes = static_cast<size_t>(c) * element;
   const float* in = x.data<float>();
-  float* out = y.data<float>();
-  const size_t pixel_bytes = static_cast<size_t>(c) * sizeof(float);
-#pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < n * h; ++row) {  // row = image * h + input row
-    const float* src = in + row * w * c;
-    float* dst0 = out + row * 2 * (2 * w * c);  // output rows 2i and 2i+1 of the same image
-    float* dst1 = dst0 + 2 * w * c;
-    for (int64_t j = 0; j < w; ++j) {
-      std::memcpy(dst0 + (2 * j) * c, src + j * c, pixel_bytes);
-      std::memcpy(dst0 + (2 * j + 1) * c, src + j * c, pixel_bytes);
+  char* out = static_cast<char*>(y.raw_data());
+#pragma omp parallel
+  {
+    std::vector<uint16_t> rounded(static_cast<size_t>(bf16_out ? w * c : 0));
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < n * h; ++row) {  // row = image * h + input row
+      const char* src = reinterpret_cast<const char*>(in + row * w * c);
+      if (bf16_out) {
+        to_bf16_row(in + row * w * c, rounded.data(), w * c);
+        src = reinterpret_cast<const char*>(rounded.data());
+      }
+      char* dst0 = out + static_cast<size_t>(row * 2 * (2 * w * c)) * element;  // output rows 2i and 2i+1
+      char* dst1 = dst0 + static_cast<size_t>(2 * w * c) * element;
+      for (int64_t j = 0; j < w; ++j) {
+        std::memcpy(dst0 + (2 * j) * pixel_bytes, src + j * pixel_bytes, pixel_bytes);
+        std::memcpy(dst0 + (2 * j + 1) * pixel_bytes, src + j * pixel_bytes, pixel_bytes);
+      }
+      std::memcpy(dst1, dst0, 2 * static_cast<size_t>(w) * pixel_bytes);
     }
-    std::memcpy(dst1, dst0, 2 * static_cast<size_t>(w) * pixel_bytes);
   }
 }
 
