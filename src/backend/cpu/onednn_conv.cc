@@ -75,7 +75,12 @@ class OneDnnConv2d final : public Conv2d {
         compute_(onednn->compute_dtype),
         bias_(static_cast<size_t>(out_channels_), 0.0f) {
     assert(weight.rank() == 4 && weight.dim(2) == weight.dim(3));
-    for (int64_t part = 0; part < parts_; ++part) weights_.emplace_back(onednn, plain_weights(*onednn, weight, part));
+    // The checkpoint's weights in the compute dtype (bf16 rounded to nearest even, so exactly as
+    // tensor::f32_to_bf16 rounds): the plain copy each part's weights are taken from.
+    const Tensor converted = weight.dtype() == compute_ ? weight : weight.to(compute_);
+    for (int64_t part = 0; part < parts_; ++part) {
+      weights_.emplace_back(onednn, plain_weights(*onednn, converted, part));
+    }
     if (bias.defined()) {
       assert(bias.numel() == out_channels_);
       bias_ = bias.to_vector();
@@ -167,11 +172,10 @@ class OneDnnConv2d final : public Conv2d {
     std::vector<Stage> stages;
   };
 
-  // The checkpoint's OIHW weights of input-channel part `part` in the compute dtype (bf16 rounded
-  // to nearest even here, so exactly as tensor::f32_to_bf16 rounds) in a oneDNN-owned buffer, the
-  // source of the reorders.
-  memory plain_weights(const OneDnn& onednn, const Tensor& weight, int64_t part) const {
-    const Tensor converted = weight.to(onednn.compute_dtype);
+  // The OIHW weights (in the compute dtype) of input-channel part `part` in a oneDNN-owned buffer,
+  // the source of the reorders.
+  memory plain_weights(const OneDnn& onednn, const Tensor& converted, int64_t part) const {
+    assert(converted.dtype() == onednn.compute_dtype && converted.is_contiguous());
     const int64_t k = kernel_size_, part_channels = in_channels_ / parts_;
     memory m(plain_desc(onednn.compute_dtype, {out_channels_, part_channels, k, k}, tag::oihw), onednn.engine);
     const size_t element = tensor::dtype_size(onednn.compute_dtype);
