@@ -77,7 +77,7 @@ class OneDnnConv2d final : public Conv2d {
     assert(weight.rank() == 4 && weight.dim(2) == weight.dim(3));
     // The checkpoint's weights in the compute dtype (bf16 rounded to nearest even, so exactly as
     // tensor::f32_to_bf16 rounds): the plain copy each part's weights are taken from.
-    const Tensor converted = weight.dtype() == compute_ ? weight : weight.to(compute_);
+    const Tensor converted = weight.dtype() == compute_ && weight.is_contiguous() ? weight : weight.to(compute_);
     for (int64_t part = 0; part < parts_; ++part) {
       weights_.emplace_back(onednn, plain_weights(*onednn, converted, part));
     }
@@ -90,6 +90,7 @@ class OneDnnConv2d final : public Conv2d {
   // x: [N, H, W, Cin]; y: [N, Ho, Wo, Cout].
   void run(const Tensor& x, Tensor& y, const Conv2dExtras& extras) override {
     assert(x.is_contiguous() && y.dtype() == DType::kF32 && y.is_contiguous());
+    assert(x.raw_data() != y.raw_data());  // the parts read x after the first has written y
     assert(x.rank() == 4 && x.dim(3) == in_channels_ && y.dim(3) == out_channels_);
     const int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2);
     assert(y.dim(0) == n && y.dim(1) == params_.out_height(h, kernel_size_) &&
@@ -97,6 +98,7 @@ class OneDnnConv2d final : public Conv2d {
     Residual wanted = Residual::kNone;
     if (extras.residual.defined()) {
       assert(extras.residual.numel() == y.numel() && extras.residual.is_contiguous());
+      assert(extras.residual.dtype() == DType::kF32);
       const bool in_place = extras.residual.raw_data() == y.raw_data();
       const bool binary = !in_place && extras.residual_scale == 1.0f && compute_ == DType::kBF16;
       wanted = binary ? Residual::kBinary : Residual::kSum;

@@ -3,6 +3,7 @@
 // in plain loops (glibc's expf/erff are calls it cannot vectorise without -ffast-math, which we do not use).
 #pragma once
 
+#include <cassert>
 #include <cstdint>
 #include <cstring>
 
@@ -63,7 +64,9 @@ inline void to_bf16_row(const float* x, uint16_t* y, int64_t count) {
 struct Bf16Source {
   const void* data;
   bool is_bf16;
-  explicit Bf16Source(const Tensor& x) : data(x.raw_data()), is_bf16(x.dtype() == DType::kBF16) {}
+  explicit Bf16Source(const Tensor& x) : data(x.raw_data()), is_bf16(x.dtype() == DType::kBF16) {
+    assert(x.dtype() == DType::kF32 || x.dtype() == DType::kBF16);
+  }
   // y = elements [at, at + count) as bf16: copied, or rounded as to_bf16_row rounds.
   void read(int64_t at, uint16_t* y, int64_t count) const {
     if (is_bf16) {
