@@ -8,7 +8,8 @@
 // y = sum_j p_j v_j / sum_j 2^(t_j - m) (the sum from the unrounded f32 terms). Because m is an
 // integer, the rescaling when m grows is by a power of two, exact, and p_j is the same bf16 number
 // (up to that power of two) whichever chunk raised the max: the result does not depend on the
-// chunking, and attention_matmuls computes the same.
+// chunking (up to the f32 rounding of t - m, an ulp of t), and attention_matmuls computes the
+// same. m may also lag behind the max by up to kMaxHeadroom (see chunk_softmax), for the same reason.
 #include <cassert>
 #include <cmath>
 #include <vector>
@@ -37,6 +38,9 @@ constexpr int64_t kQueries = 32;
 constexpr int64_t kChunk = 64;
 // Keys per AMX step of q k^T and P v: two key tiles of 16, or one 64-byte row of bf16 pairs.
 constexpr int64_t kKeyStep = 32;
+// How far (in log2 units) a chunk's scores may rise above a row's running max before the max is
+// raised: probabilities up to 2^16, sums up to 2^16 per key, far inside f32's range.
+constexpr float kMaxHeadroom = 16.0f;
 
 int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
@@ -218,6 +222,31 @@ void chunk_softmax(const TileScratch& scratch, int64_t q0, int64_t k0, int64_t k
       for (int64_t j = 0; j < chunk; ++j) p[j] = 0;
       correction[r] = _mm512_set1_ps(1.0f);
       continue;
+    }
+    // Once a row has a max, a chunk is first tried against it as it is: p_j = 2^(t_j - max) may
+    // then exceed 1, by up to 2^kMaxHeadroom, which changes no rounded p_j (powers of two scale
+    // bf16 exactly; up to the f32 rounding of t - m) and saves the max pass, the lanes' reduction
+    // and the rescaling: 22% of the kernel at SD's first level. A chunk that goes further above
+    // the max is redone below with a new one.
+    if (_mm512_cmp_ps_mask(scratch.row_max[r], _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ) != 0) {
+      const __m512 max = scratch.row_max[r];
+      __m512 t_max = _mm512_set1_ps(-INFINITY);  // lane by lane, the max of t - max over the chunk
+      __m512 sum = scratch.row_sum[r];
+      for (int64_t j = 0; j < chunk; j += 32) {
+        const __mmask16 low = first_lanes(valid - j), high = first_lanes(valid - j - 16);
+        const __m512 t_low = _mm512_fmsub_ps(_mm512_loadu_ps(s + j), scale, max);
+        const __m512 t_high = _mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), scale, max);
+        t_max = _mm512_mask_max_ps(t_max, low, t_max, t_low);
+        t_max = _mm512_mask_max_ps(t_max, high, t_max, t_high);
+        const __m512 p_low = exp2_16(low, t_low), p_high = exp2_16(high, t_high);
+        sum = _mm512_add_ps(sum, _mm512_add_ps(p_low, p_high));
+        _mm512_storeu_si512(p + j, (__m512i)_mm512_cvtne2ps_pbh(p_high, p_low));
+      }
+      if (_mm512_cmp_ps_mask(t_max, _mm512_set1_ps(kMaxHeadroom), _CMP_GT_OQ) == 0) {
+        correction[r] = _mm512_set1_ps(1.0f);
+        scratch.row_sum[r] = sum;
+        continue;
+      }
     }
     __m512 max16 = _mm512_set1_ps(-INFINITY);
     for (int64_t j = 0; j < chunk; j += 16) {
