@@ -230,15 +230,6 @@ void flash_tile(const float* queries, const float* keys, const float* values, vo
   }
 }
 
-// Element i of x (f32 or bf16) as an f32 operand, rounded to a bf16 value where `round`.
-inline float operand_value(const Bf16Source& x, bool round, int64_t i) {
-  if (x.is_bf16) return __builtin_bit_cast(float, static_cast<uint32_t>(static_cast<const uint16_t*>(x.data)[i]) << 16);
-  const float value = static_cast<const float*>(x.data)[i];
-  if (!round) return value;
-  uint16_t rounded;
-  to_bf16_row(&value, &rounded, 1);
-  return __builtin_bit_cast(float, static_cast<uint32_t>(rounded) << 16);
-}
 #endif  // __AVX512F__
 
 }  // namespace
@@ -397,17 +388,15 @@ void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t 
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t j = 0; j < lk; ++j) {
       for (int64_t h = 0; h < heads; ++h) {
-        for (int64_t c = 0; c < d; ++c) {
-          const int64_t from = (b * lk + j) * channels + h * d + c;
-          k_packed[((b * heads + h) * lk + j) * d + c] = operand_value(k_source, bf16, from);
-          v_packed[((b * heads + h) * lk + j) * d + c] = operand_value(v_source, bf16, from);
-        }
+        const int64_t from = (b * lk + j) * channels + h * d, to = ((b * heads + h) * lk + j) * d;
+        k_source.read_f32(from, k_packed + to, d, bf16);
+        v_source.read_f32(from, v_packed + to, d, bf16);
       }
     }
   }
   if (q_copy) {
 #pragma omp parallel for schedule(static) if (batch * lq * channels > 65536)
-    for (int64_t i = 0; i < batch * lq * channels; ++i) q_rounded[i] = operand_value(q_source, bf16, i);
+    for (int64_t t = 0; t < batch * lq; ++t) q_source.read_f32(t * channels, q_rounded + t * channels, channels, bf16);
   }
   const float* pq = q_copy ? q_rounded : q.data<float>();
   // Below ~64K multiply-adds a parallel region costs more than the attention (tiny models').

@@ -75,6 +75,21 @@ struct Bf16Source {
       to_bf16_row(static_cast<const float*>(data) + at, y, count);
     }
   }
+  // y = elements [at, at + count) as f32: copied from f32, or the bf16 values (read() above)
+  // widened where the source is bf16 or `as_bf16` asks for them.
+  void read_f32(int64_t at, float* y, int64_t count, bool as_bf16) const {
+    if (!is_bf16 && !as_bf16) {
+      std::memcpy(y, static_cast<const float*>(data) + at, static_cast<size_t>(count) * sizeof(float));
+      return;
+    }
+    constexpr int64_t kRun = 256;
+    uint16_t run[kRun];
+    for (int64_t i = 0; i < count; i += kRun) {
+      const int64_t n = count - i < kRun ? count - i : kRun;
+      read(at + i, run, n);
+      for (int64_t k = 0; k < n; ++k) y[i + k] = __builtin_bit_cast(float, static_cast<uint32_t>(run[k]) << 16);
+    }
+  }
 };
 
 // y's elements [at, at + count) = x, in y's dtype (f32, or bf16 rounded as to_bf16_row rounds).
