@@ -45,10 +45,17 @@ constexpr float kMaxHeadroom = 16.0f;
 int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
 
 // Linux hands out AMX's 8 KB of tile state only on request, once per process.
+// The kernel also keeps to ONEDNN_MAX_CPU_ISA, as oneDNN's own primitives do: with it set below
+// AMX (say AVX512_CORE_BF16, to see how a CPU without AMX would run) attention takes the AVX-512
+// kernel.
 bool amx_permitted() {
   constexpr int kArchReqXcompPerm = 0x1023;
   constexpr int kXfeatureXtiledata = 18;
-  static const bool permitted = syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  static const bool permitted = [] {
+    const unsigned amx = static_cast<unsigned>(dnnl::cpu_isa::avx512_core_amx);
+    if ((static_cast<unsigned>(dnnl::get_effective_cpu_isa()) & amx) != amx) return false;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
   return permitted;
 }
 
