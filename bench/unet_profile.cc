@@ -1,15 +1,13 @@
 // Where one UNet forward's (or VAE decode's) time goes, per op kind and per shape: SD 1.5's UNet or
-// VAE decoder (random weights) on the CPU backend behind a backend that times every op it forwards. Each op ends with oneDNN's
-// stream wait or an OpenMP barrier, so the time around a call is that op's. The time is the
-// process's CPU time: on a machine shared with other work, with one thread, it counts what the op
-// computes and not the time slices others took (wall time would, and with several threads so would
-// the spinning at barriers while a thread waits for its turn).
-// Usage: unet_profile [unet|vae] [f32|bf16] [size] [runs] [threads]; prints the last run's table
-// (after a warm-up). The model defaults to unet (`unet_profile bf16 512 1 1` still works); size is
-// the image's (the UNet runs batch 2 on size/8 latents, the VAE decodes batch 1 size/8 latents);
-// threads defaults to 1 (see above).
-// In bf16, "bf16 src conversion" is the f32 -> bf16 rounding that convolutions and linears do on
-// their input, timed beside them on the same sizes; the conv and linear rows still include it.
+// VAE decoder (random weights) on the CPU backend behind a backend that times every op it forwards. Each op ends with
+// oneDNN's stream wait or an OpenMP barrier, so the time around a call is that op's. The time is the process's CPU
+// time: on a machine shared with other work, with one thread, it counts what the op computes and not the time slices
+// others took (wall time would, and with several threads so would the spinning at barriers while a thread waits for its
+// turn). Usage: unet_profile [unet|vae] [f32|bf16] [size] [runs] [threads]; prints the last run's table (after a
+// warm-up). The model defaults to unet (`unet_profile bf16 512 1 1` still works); size is the image's (the UNet runs
+// batch 2 on size/8 latents, the VAE decodes batch 1 size/8 latents); threads defaults to 1 (see above). In bf16, "bf16
+// src conversion" is the f32 -> bf16 rounding that convolutions and linears do on their input, timed beside them on the
+// same sizes; the conv and linear rows still include it.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -115,6 +113,12 @@ class TimedConv2d final : public Conv2d {
                               (extras.residual.defined() ? " +res" : "");
     time_src_conversion(profile_, bf16_, x);
     profile_.time("conv", shape, flops, [&] { inner_->run(x, y, extras); });
+  }
+  void run_upsampled2x(const Tensor& x, Tensor& y, Tensor& scratch) override {
+    const int64_t k = inner_->kernel_size();
+    const double flops = 2.0 * static_cast<double>(y.numel()) * static_cast<double>(inner_->in_channels() * k * k);
+    profile_.time("conv", std::to_string(k) + "x" + std::to_string(k) + " up2x " + dims(x) + "->" + dims(y), flops,
+                  [&] { inner_->run_upsampled2x(x, y, scratch); });
   }
   int64_t in_channels() const override { return inner_->in_channels(); }
   int64_t out_channels() const override { return inner_->out_channels(); }
@@ -235,9 +239,9 @@ base::Result<Workload> vae_workload(Backend& backend, int64_t size) {
   auto preset = models::model_preset("sd15");
   SD_ASSIGN_OR_RETURN(auto config, models::AutoencoderKLConfig::from_json(preset.value().vae, "vae/config.json"));
   models::RandomWeightSource weights;
-  SD_ASSIGN_OR_RETURN(std::unique_ptr<models::AutoencoderKL> model,
-                      models::AutoencoderKL::create(config, weights, backend,
-                                                    models::AutoencoderKL::Parts::kDecoderOnly));
+  SD_ASSIGN_OR_RETURN(
+      std::unique_ptr<models::AutoencoderKL> model,
+      models::AutoencoderKL::create(config, weights, backend, models::AutoencoderKL::Parts::kDecoderOnly));
   const int64_t latent = size / 8;
   Tensor latents = Tensor::empty({1, latent, latent, config.latent_channels});
   latents.fill(0.5f);
@@ -250,7 +254,8 @@ base::Result<Workload> vae_workload(Backend& backend, int64_t size) {
 int main(int argc, char** argv) {
   int arg = 1;
   std::string model_name = "unet";
-  if (argc > arg && (std::strcmp(argv[arg], "unet") == 0 || std::strcmp(argv[arg], "vae") == 0)) model_name = argv[arg++];
+  if (argc > arg && (std::strcmp(argv[arg], "unet") == 0 || std::strcmp(argv[arg], "vae") == 0))
+    model_name = argv[arg++];
   const bool bf16 = argc > arg && std::strcmp(argv[arg], "bf16") == 0;
   ++arg;
   const int64_t size = argc > arg ? std::atoll(argv[arg]) : 512;

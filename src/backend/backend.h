@@ -76,6 +76,12 @@ class Conv2d {
   // x: [N, H, W, Cin], f32 or the backend's operand dtype; y: [N, Ho, Wo, Cout] f32 with
   // Ho = params().out_height(H, k), Wo = params().out_width(W, k).
   virtual void run(const Tensor& x, Tensor& y, const Conv2dExtras& extras = {}) = 0;
+  // y = this convolution of x upsampled 2x by nearest neighbour (each pixel repeated 2x2), as
+  // diffusers' Upsample2D: x [N, H, W, Cin] (f32), y as run() gives for a [N, 2H, 2W, Cin] input.
+  // `scratch` is f32 memory of y's size the backend may use during the call. The CPU backend runs
+  // a 3x3, stride 1, padding 1 convolution as four 2x2 convolutions on x, one per parity of the
+  // output pixel (4/9 of the work), and interleaves their outputs into y.
+  virtual void run_upsampled2x(const Tensor& x, Tensor& y, Tensor& scratch) = 0;
   virtual int64_t in_channels() const = 0;
   virtual int64_t out_channels() const = 0;
   virtual int64_t kernel_size() const = 0;

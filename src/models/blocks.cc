@@ -151,17 +151,16 @@ void resize_nearest(const Tensor& x, Tensor& y) {
 }  // namespace
 
 Tensor Upsample2D::forward(const Tensor& x, int64_t out_height, int64_t out_width, BufferPool* pool) const {
-  // x: [N, H, W, C] -> up: [N, out_height, out_width, C] -> conv -> same shape. The 2x path
-  // writes the conv's input in the backend's operand dtype.
-  const bool twice = out_height == 2 * x.dim(1) && out_width == 2 * x.dim(2);
-  Tensor up = empty_activation(pool, {x.dim(0), out_height, out_width, x.dim(3)},
-                               twice ? backend_->operand_dtype() : DType::kF32);
-  if (twice) {
-    backend_->upsample_nearest2x(x, up);
-  } else {
-    resize_nearest(x, up);
+  // x: [N, H, W, C] -> up: [N, out_height, out_width, C] -> conv -> same shape. Exactly 2x, the
+  // backend fuses the two (Conv2d::run_upsampled2x); other sizes are resized here first.
+  Tensor y = empty_activation(pool, {x.dim(0), out_height, out_width, x.dim(3)});
+  if (out_height == 2 * x.dim(1) && out_width == 2 * x.dim(2)) {
+    Tensor scratch = empty_activation(pool, y.shape());
+    conv_->run_upsampled2x(x, y, scratch);
+    return y;
   }
-  Tensor y = empty_activation(pool, up.shape());
+  Tensor up = empty_activation(pool, y.shape());
+  resize_nearest(x, up);
   conv_->run(up, y);
   return y;
 }

@@ -199,6 +199,7 @@ class LoadOnlyConv2d : public backend::Conv2d {
   LoadOnlyConv2d(const Shape& weight, const backend::Conv2dParams& params)
       : in_(weight[1]), out_(weight[0]), kernel_(weight[2]), params_(params) {}
   void run(const Tensor&, Tensor&, const backend::Conv2dExtras&) override { cannot_run("a convolution"); }
+  void run_upsampled2x(const Tensor&, Tensor&, Tensor&) override { cannot_run("a convolution"); }
   int64_t in_channels() const override { return in_; }
   int64_t out_channels() const override { return out_; }
   int64_t kernel_size() const override { return kernel_; }

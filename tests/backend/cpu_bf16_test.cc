@@ -220,6 +220,38 @@ TEST(CpuBf16Conv2d, FusedExtras) {
   }
 }
 
+// Conv2d::run_upsampled2x in bf16 against the f32 reference's upsample-then-convolve. The 2x2
+// taps are sums of the bf16 weights rounded again, so there is no exact oracle on rounded inputs:
+// only the loose bound, which a wrong or missing tap (O(0.1..1)) far exceeds.
+TEST(CpuBf16Conv2d, UpsampledTwice) {
+  SKIP_WITHOUT_BF16();
+  const ConvCase cases[] = {
+      {2, 8, 8, 320, 320, 3, 1, 1},  // UNet upsampler, batch 2 (CFG)
+      {1, 5, 7, 64, 48, 3, 1, 1},    // odd, non-square sizes; Cout != Cin
+      {1, 6, 4, 1280, 32, 3, 1, 1},  // input channels in parts
+      {1, 6, 5, 16, 24, 1, 1, 0},    // 1x1: the fallback
+  };
+  float worst = 0.0f;
+  uint64_t seed = 3150;
+  for (const ConvCase& c : cases) {
+    SCOPED_TRACE(::testing::Message() << c.h << "x" << c.w << " " << c.cin << "->" << c.cout << " k" << c.k);
+    const float bound = 1.0f / std::sqrt(static_cast<float>(c.cin * c.k * c.k));
+    const Tensor weight = random_tensor({c.cout, c.cin, c.k, c.k}, seed++, -bound, bound);
+    const Tensor bias = random_tensor({c.cout}, seed++);
+    const Tensor x = random_tensor({c.n, c.h, c.w, c.cin}, seed++);
+    const Conv2dParams params{c.stride, c.padding};
+    const Shape y_shape = {c.n, params.out_height(2 * c.h, c.k), params.out_width(2 * c.w, c.k), c.cout};
+    Tensor y = Tensor::empty(y_shape), y_f32 = Tensor::empty(y_shape), scratch = Tensor::empty(y_shape);
+    bf16_backend()->make_conv2d(weight, bias, params)->run_upsampled2x(x, y, scratch);
+    reference_backend().make_conv2d(weight, bias, params)->run_upsampled2x(x, y_f32, scratch);
+    const float diff = max_rel_diff(y, y_f32);
+    EXPECT_LE(diff, kBf16Tolerance);
+    EXPECT_GT(diff, kF32Noise) << "no bf16 rounding visible: did this run in f32?";
+    worst = std::max(worst, diff);
+  }
+  std::printf("[ conv upsampled ] worst max_rel_diff vs f32 %.3g\n", worst);
+}
+
 // One bf16 Conv2d object, several input shapes and fusions: each gets its own cached primitive
 // over the one set of bf16 weights, and the shared bf16 scratch grows and shrinks between them.
 TEST(CpuBf16Conv2d, CachedPrimitivesAcrossShapes) {

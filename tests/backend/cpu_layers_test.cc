@@ -202,6 +202,40 @@ TEST(CpuConv2d, CachedPrimitivesAcrossShapes) {
   }
 }
 
+// Conv2d::run_upsampled2x (diffusers' Upsample2D) against the reference's upsample-then-convolve:
+// the CPU's four 2x2 convolutions per output parity for 3x3/s1/p1, its fallback for the rest.
+TEST(CpuConv2d, UpsampledTwice) {
+  const ConvCase cases[] = {
+      {2, 8, 8, 320, 320, 3, 1, 1},  // UNet upsampler, batch 2 (CFG)
+      {1, 5, 7, 64, 48, 3, 1, 1},    // odd, non-square sizes; Cout != Cin
+      {1, 6, 4, 1280, 32, 3, 1, 1},  // input channels in two parts
+      {1, 1, 1, 16, 16, 3, 1, 1},    // one pixel: every tap but the centre row/column on padding
+      {1, 6, 5, 16, 24, 1, 1, 0},    // 1x1: the fallback
+      {1, 6, 5, 16, 24, 3, 1, 0},    // no padding: the fallback
+  };
+  uint64_t seed = 420;
+  for (const ConvCase& c : cases) {
+    SCOPED_TRACE(::testing::Message() << c.h << "x" << c.w << " " << c.cin << "->" << c.cout << " k" << c.k << " p"
+                                      << c.padding);
+    const float bound = 1.0f / std::sqrt(static_cast<float>(c.cin * c.k * c.k));
+    const Tensor weight = random_tensor({c.cout, c.cin, c.k, c.k}, seed++, -bound, bound);
+    const Tensor bias = random_tensor({c.cout}, seed++);
+    const Tensor x = random_tensor({c.n, c.h, c.w, c.cin}, seed++);
+    const Conv2dParams params = c.params();
+    const Shape y_shape = {c.n, params.out_height(2 * c.h, c.k), params.out_width(2 * c.w, c.k), c.cout};
+    Tensor y_cpu = Tensor::empty(y_shape), y_ref = Tensor::empty(y_shape), scratch = Tensor::empty(y_shape);
+    std::unique_ptr<Conv2d> cpu = cpu_backend().make_conv2d(weight, bias, params);
+    cpu->run_upsampled2x(x, y_cpu, scratch);
+    reference_backend().make_conv2d(weight, bias, params)->run_upsampled2x(x, y_ref, scratch);
+    EXPECT_LE(max_rel_diff(y_cpu, y_ref), kLayerTolerance);
+    // The same layer still runs plain convolutions (on an input of the upsampled size).
+    const Tensor big = random_tensor({c.n, 2 * c.h, 2 * c.w, c.cin}, seed++);
+    cpu->run(big, y_cpu);
+    reference_backend().make_conv2d(weight, bias, params)->run(big, y_ref);
+    EXPECT_LE(max_rel_diff(y_cpu, y_ref), kLayerTolerance) << "plain run after an upsampled one";
+  }
+}
+
 TEST(CpuConv2d, HalfPrecisionWeights) {
   const Tensor weight = random_tensor({32, 16, 3, 3}, 400, -0.1f, 0.1f).to(DType::kF16);
   const Tensor bias = random_tensor({32}, 401).to(DType::kBF16);

@@ -61,6 +61,8 @@ class PreparedWeights {
   PreparedWeights(std::shared_ptr<OneDnn> onednn, dnnl::memory source);
   // The weights in layout `desc`, reordering on first request.
   const dnnl::memory& get(const dnnl::memory::desc& desc);
+  // The weights reordered (and converted) into `to`, a plain f32 copy say; nothing is kept.
+  void copy_to(dnnl::memory to);
 
  private:
   std::shared_ptr<OneDnn> onednn_;

@@ -93,6 +93,12 @@ const memory& PreparedWeights::get(const memory::desc& desc) {
   return prepared_.back();
 }
 
+void PreparedWeights::copy_to(memory to) {
+  memory from = prepared_.empty() ? source_ : prepared_.front();
+  dnnl::reorder(from, to).execute(onednn_->stream, from, to);
+  onednn_->stream.wait();
+}
+
 void MatmulCache::run(const memory::desc& src, const void* src_data, const memory::desc& weights,
                       const void* weights_data, const memory::desc& dst, void* dst_data, float alpha) {
   const Entry* entry = nullptr;

@@ -18,6 +18,7 @@
 // channels; measured 1.3-1.8x faster on the UNet's 1280- to 2560-channel convs, no slower on the rest.
 #include <cassert>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -59,6 +60,27 @@ void gather_channels(const Tensor& x, int64_t first, int64_t count, DType comput
       source.read(at, static_cast<uint16_t*>(y) + p * count, count);
     } else {
       std::memcpy(static_cast<float*>(y) + p * count, x.data<float>() + at, static_cast<size_t>(count) * sizeof(float));
+    }
+  }
+}
+
+// y[n, 2i + a, 2j + b] = parities[2a + b][n, i, j]: parities [4, N, H, W, C], y [N, 2H, 2W, C].
+void interleave_parities(const Tensor& parities, Tensor& y) {
+  const int64_t n = parities.dim(1), h = parities.dim(2), w = parities.dim(3), c = parities.dim(4);
+  assert(y.is_contiguous() && y.dim(0) == n && y.dim(1) == 2 * h && y.dim(2) == 2 * w && y.dim(3) == c);
+  const float* in = parities.data<float>();
+  float* out = y.data<float>();
+  const int64_t plane = n * h * w * c;
+  const size_t pixel_bytes = static_cast<size_t>(c) * sizeof(float);
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < n * 2 * h; ++row) {  // row = image * 2h + output row
+    const int64_t image = row / (2 * h), i = (row % (2 * h)) / 2, a = row % 2;
+    const float* even = in + (2 * a) * plane + ((image * h + i) * w) * c;  // parity (a, 0)
+    const float* odd = even + plane;                                       // parity (a, 1)
+    float* dst = out + row * 2 * w * c;
+    for (int64_t j = 0; j < w; ++j) {
+      std::memcpy(dst + (2 * j) * c, even + j * c, pixel_bytes);
+      std::memcpy(dst + (2 * j + 1) * c, odd + j * c, pixel_bytes);
     }
   }
 }
@@ -149,12 +171,87 @@ class OneDnnConv2d final : public Conv2d {
     }
   }
 
+  // A 3x3, stride 1, padding 1 convolution of x upsampled 2x reads, for the output pixels of one
+  // parity (row 2i + a, column 2j + b), input rows i - 1 + a .. i + a and columns j - 1 + b ..
+  // j + b only: a 2x2 convolution on x, whose taps are sums of the 3x3 taps over the upsampled
+  // pixels that repeat the same input pixel. The four run into `scratch` and are interleaved into y.
+  void run_upsampled2x(const Tensor& x, Tensor& y, Tensor& scratch) override {
+    assert(x.dtype() == DType::kF32 && x.is_contiguous() && x.dim(3) == in_channels_);
+    const int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2);
+    if (!splits_by_parity()) {
+      Tensor up = Tensor::empty({n, 2 * h, 2 * w, in_channels_}, compute_);
+      upsample_nearest2x(x, up);
+      run(up, y, {});
+      return;
+    }
+    assert(scratch.dtype() == DType::kF32 && scratch.is_contiguous() && scratch.numel() == y.numel());
+    if (parity_convs_.empty()) make_parity_convs();
+    // x once in the compute dtype, read by all four.
+    const Tensor operand =
+        compute_ == DType::kF32
+            ? x
+            : Tensor::borrow(nullptr, compute_operand(*onednn_, x, Bf16Scratch::Slot::kOperand), x.shape(), compute_);
+    const Tensor outputs = scratch.reshape({4, n, h, w, out_channels_});  // [parity 2a + b][N, H, W, Cout]
+    for (int64_t parity = 0; parity < 4; ++parity) {
+      Tensor out = outputs.slice0(parity, 1).reshape({n, h, w, out_channels_});
+      parity_convs_[static_cast<size_t>(parity)]->run(operand, out, {});
+    }
+    interleave_parities(outputs, y);
+  }
+
   int64_t in_channels() const override { return in_channels_; }
   int64_t out_channels() const override { return out_channels_; }
   int64_t kernel_size() const override { return kernel_size_; }
   const Conv2dParams& params() const override { return params_; }
 
  private:
+  bool splits_by_parity() const {
+    return kernel_size_ == 3 && params_.stride == 1 && params_.pad_top() == 1 && params_.pad_left() == 1 &&
+           params_.pad_bottom() == 1 && params_.pad_right() == 1;
+  }
+
+  // The four 2x2 convolutions of run_upsampled2x, from this one's weights in f32 (a bf16 layer's
+  // taps are summed from its bf16 weights and rounded again). Made on first use: most 3x3
+  // convolutions never run upsampled.
+  void make_parity_convs() {
+    const int64_t part_channels = in_channels_ / parts_;
+    Tensor taps = Tensor::empty({out_channels_, in_channels_, 3, 3});  // OIHW, f32
+    for (int64_t part = 0; part < parts_; ++part) {
+      memory plain(plain_desc(DType::kF32, {out_channels_, part_channels, 3, 3}, tag::oihw), onednn_->engine);
+      weights_[static_cast<size_t>(part)].copy_to(plain);
+      const float* from = static_cast<const float*>(plain.get_data_handle());
+      const size_t run = static_cast<size_t>(part_channels * 9);
+      for (int64_t o = 0; o < out_channels_; ++o) {
+        std::memcpy(taps.data<float>() + (o * parts_ + part) * static_cast<int64_t>(run), from + o * run,
+                    run * sizeof(float));
+      }
+    }
+    const Tensor bias = Tensor::from_vector({out_channels_}, bias_);
+    for (int64_t a = 0; a < 2; ++a) {
+      for (int64_t b = 0; b < 2; ++b) {
+        // Tap (ky, kx) reads the upsampled pixel (2i + a + ky - 1, 2j + b + kx - 1), which repeats
+        // input pixel (i + floor((a + ky - 1) / 2), ...): row u = (a + ky + 1) / 2 - a of the 2x2 window.
+        Tensor folded = Tensor::zeros({out_channels_, in_channels_, 2, 2});
+        const float* t = taps.data<float>();
+        float* f = folded.data<float>();
+        for (int64_t oc = 0; oc < out_channels_ * in_channels_; ++oc) {
+          for (int64_t ky = 0; ky < 3; ++ky) {
+            for (int64_t kx = 0; kx < 3; ++kx) {
+              const int64_t u = (a + ky + 1) / 2 - a, v = (b + kx + 1) / 2 - b;
+              f[oc * 4 + u * 2 + v] += t[oc * 9 + ky * 3 + kx];
+            }
+          }
+        }
+        Conv2dParams params;  // window rows i - 1 + a .. i + a: one zero row above (a = 0) or below (a = 1)
+        params.extra_top = 1 - a;
+        params.extra_bottom = a;
+        params.extra_left = 1 - b;
+        params.extra_right = b;
+        parity_convs_.push_back(std::make_unique<OneDnnConv2d>(onednn_, folded, bias, params));
+      }
+    }
+  }
+
   // How a residual is added: none, a sum post-op onto dst (which holds it), a binary-add post-op.
   enum class Residual { kNone, kSum, kBinary };
 
@@ -250,6 +347,7 @@ class OneDnnConv2d final : public Conv2d {
   std::vector<float> bias_;               // [Cout] f32, zeros when the layer has no bias
   std::vector<float> bias_scratch_;       // [Cout] bias + extra_bias
   std::vector<Entry> entries_;
+  std::vector<std::unique_ptr<OneDnnConv2d>> parity_convs_;  // run_upsampled2x's, by parity 2a + b
 };
 
 }  // namespace

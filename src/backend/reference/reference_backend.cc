@@ -17,9 +17,15 @@ void apply_activation(const Tensor& x, Activation activation, Tensor& y) {
     case Activation::kNone:
       if (x.raw_data() != y.raw_data()) y.copy_from(x);
       return;
-    case Activation::kSiLU: ref::silu(x, y); return;
-    case Activation::kGELU: ref::gelu(x, y); return;
-    case Activation::kQuickGELU: ref::quick_gelu(x, y); return;
+    case Activation::kSiLU:
+      ref::silu(x, y);
+      return;
+    case Activation::kGELU:
+      ref::gelu(x, y);
+      return;
+    case Activation::kQuickGELU:
+      ref::quick_gelu(x, y);
+      return;
   }
 }
 
@@ -53,6 +59,13 @@ class ReferenceConv2d : public Conv2d {
     }
     apply_activation(out, extras.activation, out);
     y.copy_from(out);
+  }
+
+  // The definition: upsampled, then convolved.
+  void run_upsampled2x(const Tensor& x, Tensor& y, Tensor&) override {
+    Tensor up = Tensor::empty({x.dim(0), 2 * x.dim(1), 2 * x.dim(2), x.dim(3)});
+    ref::upsample_nearest2x(x, up);
+    run(up, y, {});
   }
 
   int64_t in_channels() const override { return weight_.dim(1); }
