@@ -139,27 +139,36 @@ void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_
     }
   }
 
-#pragma omp parallel
-  {
-    // A bf16 y gets each row rounded from f32 computed in this thread's row buffer.
-    std::vector<float> buffer(static_cast<size_t>(bf16_out ? c : 0));
-#pragma omp for schedule(static)
-    for (int64_t row = 0; row < n * pixels; ++row) {
-      const int64_t img = row / pixels;
-      const float* a = channel_scale.data() + img * c;
-      const float* hi = mean_hi.data() + img * c;
-      const float* lo = mean_lo.data() + img * c;
-      const float* bp = b.data();
-      const float* xr = in + row * c;
-      float* yr = bf16_out ? buffer.data() : y.data<float>() + row * c;
-      if (act == Activation::kSiLU) {
+  // One loop per (activation, output dtype): a bf16 y is rounded in the same loop (through a row
+  // buffer it took 30% longer at [1, 512, 512, 128] with SiLU, a row being only 128 channels).
+  const bool silu_out = act == Activation::kSiLU;
+#pragma omp parallel for schedule(static)
+  for (int64_t row = 0; row < n * pixels; ++row) {
+    const int64_t img = row / pixels;
+    const float* a = channel_scale.data() + img * c;
+    const float* hi = mean_hi.data() + img * c;
+    const float* lo = mean_lo.data() + img * c;
+    const float* bp = b.data();
+    const float* xr = in + row * c;
+    const auto normalised = [&](int64_t ch) { return ((xr[ch] - hi[ch]) - lo[ch]) * a[ch] + bp[ch]; };
+    if (bf16_out) {
+      uint16_t* yr = y.data<uint16_t>() + row * c;
+      if (silu_out) {
 #pragma omp simd
-        for (int64_t ch = 0; ch < c; ++ch) yr[ch] = silu(((xr[ch] - hi[ch]) - lo[ch]) * a[ch] + bp[ch]);
+        for (int64_t ch = 0; ch < c; ++ch) yr[ch] = to_bf16(silu(normalised(ch)));
       } else {
 #pragma omp simd
-        for (int64_t ch = 0; ch < c; ++ch) yr[ch] = ((xr[ch] - hi[ch]) - lo[ch]) * a[ch] + bp[ch];
+        for (int64_t ch = 0; ch < c; ++ch) yr[ch] = to_bf16(normalised(ch));
       }
-      if (bf16_out) to_bf16_row(yr, y.data<uint16_t>() + row * c, c);
+    } else {
+      float* yr = y.data<float>() + row * c;
+      if (silu_out) {
+#pragma omp simd
+        for (int64_t ch = 0; ch < c; ++ch) yr[ch] = silu(normalised(ch));
+      } else {
+#pragma omp simd
+        for (int64_t ch = 0; ch < c; ++ch) yr[ch] = normalised(ch);
+      }
     }
   }
 }
@@ -178,28 +187,29 @@ void layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float 
   const float* bp = b.data();
   const float* in = x.data<float>();
   const bool bf16_out = y.dtype() == DType::kBF16;
-#pragma omp parallel
-  {
-    // A bf16 y gets each row rounded from f32 computed in this thread's row buffer.
-    std::vector<float> buffer(static_cast<size_t>(bf16_out ? c : 0));
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* xr = in + r * c;
-      float* yr = bf16_out ? buffer.data() : y.data<float>() + r * c;
-      double sum = 0.0;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = in + r * c;
+    double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
-      for (int64_t i = 0; i < c; ++i) sum += xr[i];
-      const double mean = sum / static_cast<double>(c);
-      double sum_sq = 0.0;
+    for (int64_t i = 0; i < c; ++i) sum += xr[i];
+    const double mean = sum / static_cast<double>(c);
+    double sum_sq = 0.0;
 #pragma omp simd reduction(+ : sum_sq)
-      for (int64_t i = 0; i < c; ++i) {
-        const double d = xr[i] - mean;
-        sum_sq += d * d;
-      }
-      const float rstd = static_cast<float>(1.0 / std::sqrt(sum_sq / static_cast<double>(c) + eps));
-      const float m = static_cast<float>(mean);
+    for (int64_t i = 0; i < c; ++i) {
+      const double d = xr[i] - mean;
+      sum_sq += d * d;
+    }
+    const float rstd = static_cast<float>(1.0 / std::sqrt(sum_sq / static_cast<double>(c) + eps));
+    const float m = static_cast<float>(mean);
+    if (bf16_out) {  // rounded in the same loop, as group_norm does
+      uint16_t* yr = y.data<uint16_t>() + r * c;
+#pragma omp simd
+      for (int64_t i = 0; i < c; ++i) yr[i] = to_bf16((xr[i] - m) * rstd * gp[i] + bp[i]);
+    } else {
+      float* yr = y.data<float>() + r * c;
+#pragma omp simd
       for (int64_t i = 0; i < c; ++i) yr[i] = (xr[i] - m) * rstd * gp[i] + bp[i];
-      if (bf16_out) to_bf16_row(yr, y.data<uint16_t>() + r * c, c);
     }
   }
 }

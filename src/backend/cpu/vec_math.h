@@ -51,13 +51,14 @@ inline float quick_gelu(float x) { return x / (1.0f + exp_approx(-1.702f * x)); 
 
 // y = x rounded to bf16, nearest even, NaN kept quiet: tensor::f32_to_bf16 without its branch, so
 // that the loop vectorises (vpcmpud/vpblendmw rather than a call per element).
+inline uint16_t to_bf16(float x) {
+  const uint32_t bits = __builtin_bit_cast(uint32_t, x);
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (bits >> 16) | 0x40u;
+  return static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+}
 inline void to_bf16_row(const float* x, uint16_t* y, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) {
-    const uint32_t bits = __builtin_bit_cast(uint32_t, x[i]);
-    const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-    const uint32_t quiet_nan = (bits >> 16) | 0x40u;
-    y[i] = static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
-  }
+  for (int64_t i = 0; i < count; ++i) y[i] = to_bf16(x[i]);
 }
 
 // Rows of a tensor that is f32 or bf16, as the bf16 operands a kernel packs (attention's q, k, v).
