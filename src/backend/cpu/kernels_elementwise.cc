@@ -76,17 +76,18 @@ void geglu(const Tensor& x, Tensor& y) {
   const int64_t rows = y.numel() / features;
   const float* in = x.data<float>();
   const bool bf16_out = y.dtype() == DType::kBF16;
-#pragma omp parallel
-  {
-    // A bf16 y gets each row rounded from f32 computed in this thread's row buffer.
-    std::vector<float> buffer(static_cast<size_t>(bf16_out ? features : 0));
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      const float* h = in + r * 2 * features;
-      const float* gate = h + features;
-      float* o = bf16_out ? buffer.data() : y.data<float>() + r * features;
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* h = in + r * 2 * features;
+    const float* gate = h + features;
+    if (bf16_out) {  // rounded in the same loop, as the norms do
+      uint16_t* o = y.data<uint16_t>() + r * features;
+#pragma omp simd
+      for (int64_t f = 0; f < features; ++f) o[f] = to_bf16(h[f] * gelu(gate[f]));
+    } else {
+      float* o = y.data<float>() + r * features;
+#pragma omp simd
       for (int64_t f = 0; f < features; ++f) o[f] = h[f] * gelu(gate[f]);
-      if (bf16_out) to_bf16_row(o, y.data<uint16_t>() + r * features, features);
     }
   }
 }
