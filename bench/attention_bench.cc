@@ -2,14 +2,17 @@
 // [2, 4096, 320] and cross-attention to 77 text tokens, 8 heads of 40: in f32 the fused (flash)
 // kernel against the oneDNN matmul path, and in bf16 the fused AMX kernel, the AVX-512 flash kernel
 // in bf16 (CPUs without AMX) and the matmul path.
-// Usage: attention_bench [threads] [runs]; prints the median CPU time of `runs` of each, alternated
-// (use one thread where other work shares the machine).
+// Also the second level's self-attention [2, 1024, 640], 8 heads of 80.
+// Usage: attention_bench [threads] [runs] [kernel]; prints the median CPU time of `runs` of each,
+// alternated (use one thread where other work shares the machine); with `kernel` (say "bf16 AMX
+// flash") only that one runs, against the f32 matmuls for its error.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "backend/cpu/cpu_internal.h"
@@ -51,6 +54,7 @@ int main(int argc, char** argv) {
 #if defined(__AVX512F__)
   const int threads = argc > 1 ? std::atoi(argv[1]) : 1;
   const int runs = argc > 2 ? std::atoi(argv[2]) : 7;
+  const std::string only = argc > 3 ? argv[3] : "";
   set_num_threads(threads);
   cpu::MatmulCache cache(std::make_shared<cpu::OneDnn>());
   cpu::MatmulCache bf16_cache(std::make_shared<cpu::OneDnn>());
@@ -58,13 +62,14 @@ int main(int argc, char** argv) {
   std::vector<float> scores, packed;
   struct Case {
     const char* name;
-    int64_t lq, lk;
+    int64_t lq, lk, channels;
   };
-  for (const Case& c :
-       {Case{"self  [2,4096,320] x [2,4096,320]", 4096, 4096}, Case{"cross [2,4096,320] x [2,77,320]  ", 4096, 77}}) {
-    const Tensor q = random_tensor({2, c.lq, 320}, 1), k = random_tensor({2, c.lk, 320}, 2),
-                 v = random_tensor({2, c.lk, 320}, 3);
-    const double gflop = 4.0 * 2 * c.lq * c.lk * 320 / 1e9;
+  for (const Case& c : {Case{"self  [2,4096,320] x [2,4096,320] H=8 D=40", 4096, 4096, 320},
+                        Case{"cross [2,4096,320] x [2,77,320]   H=8 D=40", 4096, 77, 320},
+                        Case{"self  [2,1024,640] x [2,1024,640] H=8 D=80", 1024, 1024, 640}}) {
+    const Tensor q = random_tensor({2, c.lq, c.channels}, 1), k = random_tensor({2, c.lk, c.channels}, 2),
+                 v = random_tensor({2, c.lk, c.channels}, 3);
+    const double gflop = 4.0 * 2 * c.lq * c.lk * c.channels / 1e9;
     struct Kernel {
       const char* name;
       std::function<void(Tensor&)> run;
@@ -89,16 +94,21 @@ int main(int argc, char** argv) {
          {},
          {}},
     };
+    auto skipped = [&](const Kernel& kernel) { return !only.empty() && only != kernel.name && &kernel != &kernels[0]; };
     for (Kernel& kernel : kernels) {
+      if (skipped(kernel)) continue;
       kernel.y = Tensor::empty(q.shape());
       kernel.run(kernel.y);  // warm-up: primitives, scratch
     }
     // Alternating, so that load from other processes hits all alike.
     for (int i = 0; i < runs; ++i) {
-      for (Kernel& kernel : kernels) kernel.ms.push_back(time_ms([&] { kernel.run(kernel.y); }));
+      for (Kernel& kernel : kernels) {
+        if (!skipped(kernel)) kernel.ms.push_back(time_ms([&] { kernel.run(kernel.y); }));
+      }
     }
-    std::printf("%s H=8 D=40, %d threads:\n", c.name, threads);
+    std::printf("%s, %d threads:\n", c.name, threads);
     for (Kernel& kernel : kernels) {
+      if (skipped(kernel)) continue;
       float diff = 0.0f;
       for (int64_t i = 0; i < q.numel(); ++i) {
         diff = std::max(diff, std::abs(kernel.y.data<float>()[i] - kernels[0].y.data<float>()[i]));
