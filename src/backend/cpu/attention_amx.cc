@@ -39,7 +39,8 @@ constexpr int64_t kChunk = 64;
 // Keys per AMX step of q k^T and P v: two key tiles of 16, or one 64-byte row of bf16 pairs.
 constexpr int64_t kKeyStep = 32;
 // How far (in log2 units) a chunk's scores may rise above a row's running max before the max is
-// raised: probabilities up to 2^16, sums up to 2^16 per key, far inside f32's range.
+// raised: probabilities up to 2^16, sums up to 2^16 per key, far inside f32's range. (Checked on
+// the sum of each lane's terms in the chunk, which any single term past it exceeds.)
 constexpr float kMaxHeadroom = 16.0f;
 
 int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
@@ -195,16 +196,15 @@ void pack_v(const Bf16Source& v, int64_t batch, int64_t lk, int64_t heads, int64
 }
 
 // Per-thread buffers of one query tile: scores [32][kChunk] f32, two chunks' probabilities
-// [32][kChunk] bf16, the running output and one chunk's share of it [32][dv] f32, per query its
-// running max and sum and two chunks' corrections, and the packed queries.
+// [32][kChunk] bf16, the running output [32][dv] f32, per query its running max and sum and the
+// correction of a chunk that moved some row's max, and the packed queries.
 struct TileScratch {
   float* scores;
   uint16_t* probabilities[2];
   float* out;
-  float* chunk_out;
   __m512* row_max;  // [32] each
   __m512* row_sum;
-  __m512* row_correction[2];
+  __m512* row_correction;
   uint16_t* queries;  // [32][dp], packed by pack_q
 };
 
@@ -213,45 +213,57 @@ inline int64_t chunk_keys(int64_t k0, int64_t key_end) {
   return round_up(key_end - k0 < kChunk ? key_end - k0 : kChunk, kKeyStep);
 }
 
+// 2^(t_j - max), t_j = scale s_j, for a row's `valid` keys of a chunk of scores s (in whole AMX
+// steps, `chunk` keys): the bf16 roundings into p (zeros past valid), the f32 values' sum lane by
+// lane returned. Inlined, so that whole chunks (valid and chunk kChunk) run without masks.
+__attribute__((always_inline)) inline __m512 row_probabilities(const float* s, int64_t valid, int64_t chunk,
+                                                               __m512 scale, __m512 max, uint16_t* p) {
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t j = 0; j < chunk; j += 32) {
+    const __mmask16 low = first_lanes(valid - j), high = first_lanes(valid - j - 16);
+    const __m512 p_low = exp2_16(low, _mm512_fmsub_ps(_mm512_loadu_ps(s + j), scale, max));
+    const __m512 p_high = exp2_16(high, _mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), scale, max));
+    sum = _mm512_add_ps(sum, _mm512_add_ps(p_low, p_high));
+    // vcvtne2ps2bf16 rounds to nearest even, as tensor::f32_to_bf16; the cast only retypes the bits.
+    _mm512_storeu_si512(p + j, (__m512i)_mm512_cvtne2ps_pbh(p_high, p_low));
+  }
+  return sum;
+}
+
 // Online softmax of one chunk's scores (keys [k0, key_end) of it real), per query row in f32: the
-// new (integer) max, the power of two 2^(old - new) that rescales what was summed under the old one
-// (into `correction`), and the bf16 probabilities.
-void chunk_softmax(const TileScratch& scratch, int64_t q0, int64_t k0, int64_t key_end, bool causal, __m512 scale,
-                   uint16_t* probabilities, __m512* correction) {
+// bf16 probabilities, and where a row's (integer) max moves, the new max and the power of two
+// 2^(old - new) that rescales what was summed under the old one (into scratch.row_correction, whose
+// other rows stay 1). Returns whether any row's max moved.
+bool chunk_softmax(const TileScratch& scratch, int64_t q0, int64_t k0, int64_t key_end, bool causal, __m512 scale,
+                   uint16_t* probabilities) {
   const int64_t valid_keys = key_end - k0 < kChunk ? key_end - k0 : kChunk;
   const int64_t chunk = round_up(valid_keys, kKeyStep);
+  __m512* const row_max = scratch.row_max;  // locals: the compiler cannot tell that p's stores miss them
+  __m512* const row_sum = scratch.row_sum;
+  __m512* const correction = scratch.row_correction;
+  const float* const scores = scratch.scores;
+  bool moved = false;
+  const __m512 headroom = _mm512_set1_ps(std::exp2(kMaxHeadroom));
   for (int64_t r = 0; r < kQueries; ++r) {
     const int64_t query = q0 + r;
     const int64_t valid = causal ? (query + 1 - k0 < valid_keys ? query + 1 - k0 : valid_keys) : valid_keys;
-    const float* s = scratch.scores + r * kChunk;
+    const float* s = scores + r * kChunk;
     uint16_t* p = probabilities + r * kChunk;
     if (valid <= 0) {  // a causal row that sees none of this chunk's keys
       for (int64_t j = 0; j < chunk; ++j) p[j] = 0;
-      correction[r] = _mm512_set1_ps(1.0f);
       continue;
     }
     // Once a row has a max, a chunk is first tried against it as it is: p_j = 2^(t_j - max) may
     // then exceed 1, by up to 2^kMaxHeadroom, which changes no rounded p_j (powers of two scale
     // bf16 exactly; up to the f32 rounding of t - m) and saves the max pass, the lanes' reduction
-    // and the rescaling: 22% of the kernel at SD's first level. A chunk that goes further above
-    // the max is redone below with a new one.
-    if (_mm512_cmp_ps_mask(scratch.row_max[r], _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ) != 0) {
-      const __m512 max = scratch.row_max[r];
-      __m512 t_max = _mm512_set1_ps(-INFINITY);  // lane by lane, the max of t - max over the chunk
-      __m512 sum = scratch.row_sum[r];
-      for (int64_t j = 0; j < chunk; j += 32) {
-        const __mmask16 low = first_lanes(valid - j), high = first_lanes(valid - j - 16);
-        const __m512 t_low = _mm512_fmsub_ps(_mm512_loadu_ps(s + j), scale, max);
-        const __m512 t_high = _mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), scale, max);
-        t_max = _mm512_mask_max_ps(t_max, low, t_max, t_low);
-        t_max = _mm512_mask_max_ps(t_max, high, t_max, t_high);
-        const __m512 p_low = exp2_16(low, t_low), p_high = exp2_16(high, t_high);
-        sum = _mm512_add_ps(sum, _mm512_add_ps(p_low, p_high));
-        _mm512_storeu_si512(p + j, (__m512i)_mm512_cvtne2ps_pbh(p_high, p_low));
-      }
-      if (_mm512_cmp_ps_mask(t_max, _mm512_set1_ps(kMaxHeadroom), _CMP_GT_OQ) == 0) {
-        correction[r] = _mm512_set1_ps(1.0f);
-        scratch.row_sum[r] = sum;
+    // and the rescaling: 22% of the kernel at SD's first level. A lane whose terms add up past
+    // 2^kMaxHeadroom (as any single term past it does) has the chunk redone below with a new max;
+    // checking the sum rather than a max of t saves an instruction per 16 scores.
+    if (_mm512_cmp_ps_mask(row_max[r], _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ) != 0) {
+      const __m512 terms = valid == kChunk ? row_probabilities(s, kChunk, kChunk, scale, row_max[r], p)
+                                           : row_probabilities(s, valid, chunk, scale, row_max[r], p);
+      if (_mm512_cmp_ps_mask(terms, headroom, _CMP_GT_OQ) == 0) {
+        row_sum[r] = _mm512_add_ps(row_sum[r], terms);
         continue;
       }
     }
@@ -260,33 +272,30 @@ void chunk_softmax(const TileScratch& scratch, int64_t q0, int64_t k0, int64_t k
       max16 = _mm512_mask_max_ps(max16, first_lanes(valid - j), max16, _mm512_loadu_ps(s + j));
     }
     // ceil(max t) in every lane; the correction 2^(old - new) is exact, and 0 at first (2^-inf).
-    const __m512 max = _mm512_maskz_max_ps(kAll, scratch.row_max[r],
+    const __m512 max = _mm512_maskz_max_ps(kAll, row_max[r],
                                            _mm512_maskz_roundscale_ps(kAll, _mm512_mul_ps(broadcast_max(max16), scale),
                                                                       _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC));
-    correction[r] = _mm512_maskz_scalef_ps(kAll, _mm512_set1_ps(1.0f), _mm512_sub_ps(scratch.row_max[r], max));
-    scratch.row_max[r] = max;
-    __m512 sum = _mm512_mul_ps(scratch.row_sum[r], correction[r]);
-    for (int64_t j = 0; j < chunk; j += 32) {
-      const __mmask16 low = first_lanes(valid - j), high = first_lanes(valid - j - 16);
-      const __m512 p_low = exp2_16(low, _mm512_fmsub_ps(_mm512_loadu_ps(s + j), scale, max));
-      const __m512 p_high = exp2_16(high, _mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), scale, max));
-      sum = _mm512_add_ps(sum, _mm512_add_ps(p_low, p_high));
-      // vcvtne2ps2bf16 rounds to nearest even, as tensor::f32_to_bf16; the cast only retypes the bits.
-      _mm512_storeu_si512(p + j, (__m512i)_mm512_cvtne2ps_pbh(p_high, p_low));
-    }
-    scratch.row_sum[r] = sum;
+    correction[r] = _mm512_maskz_scalef_ps(kAll, _mm512_set1_ps(1.0f), _mm512_sub_ps(row_max[r], max));
+    row_max[r] = max;
+    const __m512 terms = row_probabilities(s, valid, chunk, scale, max, p);
+    row_sum[r] = _mm512_add_ps(_mm512_mul_ps(row_sum[r], correction[r]), terms);
+    moved = true;
   }
+  return moved;
 }
 
 // One (batch, head, query tile): queries [q0, q0 + 32) of the packed q (rows past Lq are zeros and
 // not written) against keys [0, key_end). Writes y's rows from element `at` (interleaved heads,
 // `channels` apart).
 //
-// Software-pipelined by one chunk: iteration i runs q k^T of chunk i, P v of chunk i - 1, the
-// softmax of chunk i, and out = out * correction + P v of chunk i - 1, in that order. AMX tile
-// loads cannot take data from pending vector stores (nor vector loads from tile stores): each
-// waits until the stores reach the cache. In this order every buffer is read one step of other
-// work after it was written, not right away.
+// Software-pipelined by one chunk: iteration i runs q k^T of chunk i, out += P v of chunk i - 1
+// (accumulated in place: out is loaded into the accumulator tiles), and the softmax of chunk i, in
+// that order. Only after a chunk that moved some row's max (at the first chunk, and rarely after:
+// the max may lag) is out rescaled on AVX-512 before the next P v. AMX tile loads cannot take data
+// from pending vector stores (nor vector loads from tile stores): each waits until the stores reach
+// the cache. In this order every buffer but the rare rescale's is read one step of other work after
+// it was written, not right away. (The AMX unit and AVX-512 do not overlap here: interleaving the
+// tile products with the softmax's rows measured slower.)
 void amx_tile(const uint16_t* k, const uint16_t* v, int64_t d, int64_t dp, int64_t dv, int64_t lq, int64_t q0,
               int64_t key_end, bool causal, float log2e_alpha, Tensor& y, int64_t at, int64_t channels,
               const TileScratch& scratch) {
@@ -298,6 +307,8 @@ void amx_tile(const uint16_t* k, const uint16_t* v, int64_t d, int64_t dp, int64
     scratch.row_sum[r] = _mm512_setzero_ps();
   }
   for (int64_t i = 0; i < kQueries * dv; ++i) scratch.out[i] = 0.0f;
+  for (int64_t r = 0; r < kQueries; ++r) scratch.row_correction[r] = _mm512_set1_ps(1.0f);
+  bool moved = false;  // the latest softmax moved a max: out needs its correction before P v
   const Operand q0_tile{scratch.queries, dp * 2, 64}, q1_tile{scratch.queries + 16 * dp, dp * 2, 64};
   const __m512 scale = _mm512_set1_ps(log2e_alpha);
   const int64_t chunks = (key_end + kChunk - 1) / kChunk;
@@ -314,8 +325,16 @@ void amx_tile(const uint16_t* k, const uint16_t* v, int64_t d, int64_t dp, int64
     }
     const int64_t previous = i - 1;  // the chunk whose P v runs now
     if (previous >= 0) {
-      // 32 queries x 32 channels per product, over the chunk in steps of 32 keys, into fresh
-      // accumulators (loading them from out would wait for out's rescaled rows).
+      if (moved) {
+        for (int64_t r = 0; r < kQueries; ++r) {
+          float* o = scratch.out + r * dv;
+          for (int64_t c = 0; c < dv; c += 16) {
+            _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), scratch.row_correction[r]));
+          }
+          scratch.row_correction[r] = _mm512_set1_ps(1.0f);
+        }
+      }
+      // 32 queries x 32 channels per product, over the chunk in steps of 32 keys.
       const int64_t p_k0 = previous * kChunk;
       const uint16_t* values = v + p_k0 * dv;  // key pairs from p_k0: dv * 2 bf16 each
       const uint16_t* probabilities = scratch.probabilities[previous % 2];
@@ -323,23 +342,10 @@ void amx_tile(const uint16_t* k, const uint16_t* v, int64_t d, int64_t dp, int64
       for (int64_t c = 0; c < dv; c += 32) {
         const Operand v0{values + c * 2, dv * 4, 16 * dv * 4};
         const Operand v1{c + 16 < dv ? values + (c + 16) * 2 : nullptr, dv * 4, 16 * dv * 4};
-        tile_product(chunk_keys(p_k0, key_end) / kKeyStep, p0, p1, v0, v1, scratch.chunk_out + c, dv * 4, false);
+        tile_product(chunk_keys(p_k0, key_end) / kKeyStep, p0, p1, v0, v1, scratch.out + c, dv * 4, true);
       }
     }
-    if (i < chunks) {
-      chunk_softmax(scratch, q0, k0, key_end, causal, scale, scratch.probabilities[i % 2],
-                    scratch.row_correction[i % 2]);
-    }
-    if (previous >= 0) {
-      const __m512* correction = scratch.row_correction[previous % 2];
-      for (int64_t r = 0; r < kQueries; ++r) {
-        float* o = scratch.out + r * dv;
-        const float* pv = scratch.chunk_out + r * dv;
-        for (int64_t c = 0; c < dv; c += 16) {
-          _mm512_storeu_ps(o + c, _mm512_fmadd_ps(_mm512_loadu_ps(o + c), correction[r], _mm512_loadu_ps(pv + c)));
-        }
-      }
-    }
+    if (i < chunks) moved = chunk_softmax(scratch, q0, k0, key_end, causal, scale, scratch.probabilities[i % 2]);
   }
   // y = out / sum for the tile's real queries and channels.
   for (int64_t r = 0; r < kQueries && q0 + r < lq; ++r) {
@@ -382,8 +388,8 @@ bool flash_attention_amx(OneDnn& onednn, const Tensor& q, const Tensor& k, const
     };
     const int64_t probabilities = kQueries * kChunk / 2;  // floats' worth of one chunk's bf16
     std::vector<Line> buffer(
-        static_cast<size_t>((kQueries * kChunk + 2 * probabilities + 2 * kQueries * dv + kQueries * dp / 2) / 16));
-    std::vector<Line> rows(4 * kQueries);
+        static_cast<size_t>((kQueries * kChunk + 2 * probabilities + kQueries * dv + kQueries * dp / 2) / 16));
+    std::vector<Line> rows(3 * kQueries);
     float* scores = buffer.data()->lanes;
     float* out = scores + kQueries * kChunk + 2 * probabilities;
     __m512* row_vectors = reinterpret_cast<__m512*>(rows.data());
@@ -391,11 +397,10 @@ bool flash_attention_amx(OneDnn& onednn, const Tensor& q, const Tensor& k, const
                               {reinterpret_cast<uint16_t*>(scores + kQueries * kChunk),
                                reinterpret_cast<uint16_t*>(scores + kQueries * kChunk + probabilities)},
                               out,
-                              out + kQueries * dv,
                               row_vectors,
                               row_vectors + kQueries,
-                              {row_vectors + 2 * kQueries, row_vectors + 3 * kQueries},
-                              reinterpret_cast<uint16_t*>(out + 2 * kQueries * dv)};
+                              row_vectors + 2 * kQueries,
+                              reinterpret_cast<uint16_t*>(out + kQueries * dv)};
     const TileConfig config;
     _tile_loadconfig(&config);
 #pragma omp for collapse(2) schedule(static)
