@@ -149,47 +149,81 @@ void pack_q(const Bf16Source& q, int64_t at, int64_t rows, int64_t channels, int
   }
 }
 
+// out[c][r] = x[r][c] for 16 x 16 32-bit words (row r of x at x + r * stride words; out contiguous):
+// pairs of words, then of pairs, interleaved within 128-bit lanes, then the lanes gathered.
+inline void transpose_16x16(const uint32_t* x, int64_t stride, uint32_t* out) {
+  __m512i r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(x + i * stride);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_maskz_unpacklo_epi32(kAll, r[i], r[i + 1]);
+    t[i + 1] = _mm512_maskz_unpackhi_epi32(kAll, r[i], r[i + 1]);
+  }
+  // r[4g + k], lane L: column 4L + k of rows 4g .. 4g + 3.
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_maskz_unpacklo_epi64(0xff, t[i], t[i + 2]);
+    r[i + 1] = _mm512_maskz_unpackhi_epi64(0xff, t[i], t[i + 2]);
+    r[i + 2] = _mm512_maskz_unpacklo_epi64(0xff, t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_maskz_unpackhi_epi64(0xff, t[i + 1], t[i + 3]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    const __m512i even_lanes_low = _mm512_maskz_shuffle_i32x4(kAll, r[k], r[4 + k], 0x88);  // lanes 0, 2
+    const __m512i odd_lanes_low = _mm512_maskz_shuffle_i32x4(kAll, r[k], r[4 + k], 0xdd);   // lanes 1, 3
+    const __m512i even_lanes_high = _mm512_maskz_shuffle_i32x4(kAll, r[8 + k], r[12 + k], 0x88);
+    const __m512i odd_lanes_high = _mm512_maskz_shuffle_i32x4(kAll, r[8 + k], r[12 + k], 0xdd);
+    _mm512_storeu_si512(out + k * 16, _mm512_maskz_shuffle_i32x4(kAll, even_lanes_low, even_lanes_high, 0x88));
+    _mm512_storeu_si512(out + (8 + k) * 16, _mm512_maskz_shuffle_i32x4(kAll, even_lanes_low, even_lanes_high, 0xdd));
+    _mm512_storeu_si512(out + (4 + k) * 16, _mm512_maskz_shuffle_i32x4(kAll, odd_lanes_low, odd_lanes_high, 0x88));
+    _mm512_storeu_si512(out + (12 + k) * 16, _mm512_maskz_shuffle_i32x4(kAll, odd_lanes_low, odd_lanes_high, 0xdd));
+  }
+}
+
 // pack_k and pack_v run inside the caller's parallel region (one region for both and the
-// attention: under load a barrier costs a time slice).
+// attention: under load a barrier costs a time slice). Each reads 16 keys' whole rows (all heads)
+// at a time, so that k and v are read once, in order, and moves bf16 pairs as 32-bit words: per
+// head a transposition of [16 keys][dp / 2 pairs] into [dp / 2 pairs][16 keys] for k, an
+// interleaving of each key pair's channels for v. `rows` holds 16 x channels bf16.
 void pack_k(const Bf16Source& k, int64_t batch, int64_t lk, int64_t heads, int64_t d, int64_t lk_pad, int64_t dp,
-            uint16_t* out) {
+            uint16_t* rows, uint16_t* out) {
   const int64_t channels = heads * d;
 #pragma omp for collapse(2) schedule(static) nowait
-  for (int64_t bh = 0; bh < batch * heads; ++bh) {
+  for (int64_t b = 0; b < batch; ++b) {
     for (int64_t tile = 0; tile < lk_pad / 16; ++tile) {
-      uint16_t* packed = out + (bh * lk_pad + tile * 16) * dp;
-      uint16_t row[512];  // one key's channels (D <= dp), rounded
-      for (int64_t j = 0; j < 16; ++j) {
-        const int64_t key = tile * 16 + j;
-        if (key < lk) {
-          k.read(((bh / heads) * lk + key) * channels + (bh % heads) * d, row, d);
-        } else {
-          for (int64_t c = 0; c < d; ++c) row[c] = 0;
+      const int64_t keys = lk - tile * 16 < 16 ? (lk > tile * 16 ? lk - tile * 16 : 0) : 16;  // real ones
+      k.read((b * lk + tile * 16) * channels, rows, keys * channels);
+      for (int64_t h = 0; h < heads; ++h) {
+        alignas(64) uint32_t head[16][256];  // the head's 16 keys, channel pairs (dp <= 512), zero-padded
+        for (int64_t j = 0; j < 16; ++j) {
+          const uint16_t* key = rows + j * channels + h * d;
+          const int64_t real = j < keys ? d : 0;
+          for (int64_t c = 0; c < dp; c += 32) {
+            const __mmask32 lanes = real - c >= 32 ? ~0u : real <= c ? 0u : (1u << (real - c)) - 1;
+            _mm512_store_si512(reinterpret_cast<uint16_t*>(head[j]) + c, _mm512_maskz_loadu_epi16(lanes, key + c));
+          }
         }
-        for (int64_t c = d; c < dp; ++c) row[c] = 0;
-        for (int64_t c = 0; c < dp; ++c) packed[((c / 2) * 16 + j) * 2 + c % 2] = row[c];
+        uint32_t* packed = reinterpret_cast<uint32_t*>(out + ((b * heads + h) * lk_pad + tile * 16) * dp);
+        for (int64_t pair = 0; pair < dp / 2; pair += 16) transpose_16x16(&head[0][pair], 256, packed + pair * 16);
       }
     }
   }
 }
 
 void pack_v(const Bf16Source& v, int64_t batch, int64_t lk, int64_t heads, int64_t d, int64_t lk_pad, int64_t dv,
-            uint16_t* out) {
+            uint16_t* rows, uint16_t* out) {
   const int64_t channels = heads * d;
 #pragma omp for collapse(2) schedule(static)
-  for (int64_t bh = 0; bh < batch * heads; ++bh) {
-    for (int64_t pair = 0; pair < lk_pad / 2; ++pair) {
-      uint16_t* packed = out + (bh * lk_pad + pair * 2) * dv;
-      uint16_t row[512];
-      for (int64_t i = 0; i < 2; ++i) {
-        const int64_t key = pair * 2 + i;
-        if (key < lk) {
-          v.read(((bh / heads) * lk + key) * channels + (bh % heads) * d, row, d);
-        } else {
-          for (int64_t c = 0; c < d; ++c) row[c] = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t tile = 0; tile < lk_pad / 16; ++tile) {
+      const int64_t keys = lk - tile * 16 < 16 ? (lk > tile * 16 ? lk - tile * 16 : 0) : 16;  // real ones
+      v.read((b * lk + tile * 16) * channels, rows, keys * channels);
+      for (int64_t j = keys * channels; j < 16 * channels; ++j) rows[j] = 0;
+      for (int64_t h = 0; h < heads; ++h) {
+        uint32_t* packed = reinterpret_cast<uint32_t*>(out + ((b * heads + h) * lk_pad + tile * 16) * dv);
+        for (int64_t pair = 0; pair < 8; ++pair) {
+          const uint16_t* even = rows + 2 * pair * channels + h * d;
+          const uint16_t* odd = even + channels;
+          for (int64_t c = 0; c < d; ++c) packed[pair * dv + c] = even[c] | static_cast<uint32_t>(odd[c]) << 16;
+          for (int64_t c = d; c < dv; ++c) packed[pair * dv + c] = 0;
         }
-        for (int64_t c = d; c < dv; ++c) row[c] = 0;
-        for (int64_t c = 0; c < dv; ++c) packed[c * 2 + i] = row[c];
       }
     }
   }
@@ -381,8 +415,9 @@ bool flash_attention_amx(OneDnn& onednn, const Tensor& q, const Tensor& k, const
   // Below ~64K multiply-adds a parallel region costs more than the attention (tiny models').
 #pragma omp parallel if (bh_count * lq * lk * d > 65536)
   {
-    pack_k(k_rows, batch, lk, heads, d, lk_pad, dp, k_packed);
-    pack_v(v_rows, batch, lk, heads, d, lk_pad, dv, v_packed);  // ends with the barrier
+    std::vector<uint16_t> key_rows(static_cast<size_t>(16 * channels));
+    pack_k(k_rows, batch, lk, heads, d, lk_pad, dp, key_rows.data(), k_packed);
+    pack_v(v_rows, batch, lk, heads, d, lk_pad, dv, key_rows.data(), v_packed);  // ends with the barrier
     struct alignas(64) Line {
       float lanes[16];
     };
