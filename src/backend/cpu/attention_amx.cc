@@ -125,6 +125,14 @@ inline __m512 broadcast_max(__m512 x) {
   return _mm512_maskz_max_ps(kAll, x, _mm512_maskz_permute_ps(kAll, x, 0xb1));     // neighbours swapped
 }
 
+// The sum of x's lanes, in every lane: the same butterfly.
+inline __m512 broadcast_sum(__m512 x) {
+  x = _mm512_add_ps(x, _mm512_maskz_shuffle_f32x4(kAll, x, x, 0x4e));
+  x = _mm512_add_ps(x, _mm512_maskz_shuffle_f32x4(kAll, x, x, 0xb1));
+  x = _mm512_add_ps(x, _mm512_maskz_permute_ps(kAll, x, 0x4e));
+  return _mm512_add_ps(x, _mm512_maskz_permute_ps(kAll, x, 0xb1));
+}
+
 // The lanes [0, n) of a vector, n clamped to [0, 16].
 inline __mmask16 first_lanes(int64_t n) {
   return n >= 16 ? static_cast<__mmask16>(0xffff) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1);
@@ -138,13 +146,9 @@ inline __mmask16 first_lanes(int64_t n) {
 //   v: [BH][lk_pad / 2][dv][2]: B tiles of key pairs x channels.
 void pack_q(const Bf16Source& q, int64_t at, int64_t rows, int64_t channels, int64_t d, int64_t dp, uint16_t* out) {
   for (int64_t t = 0; t < kQueries; ++t) {
-    uint16_t* row = out + t * dp;
-    if (t < rows) {
-      q.read(at + t * channels, row, d);
-    } else {
-      for (int64_t c = 0; c < d; ++c) row[c] = 0;
-    }
-    for (int64_t c = d; c < dp; ++c) row[c] = 0;
+    uint16_t* row = out + t * dp;  // 64-byte aligned: dp is a multiple of 32
+    for (int64_t c = 0; c < dp; c += 32) _mm512_store_si512(row + c, _mm512_setzero_si512());
+    if (t < rows) q.read(at + t * channels, row, d);
   }
 }
 
@@ -419,13 +423,9 @@ void amx_tile(const uint16_t* k, const uint16_t* v, int64_t d, int64_t dp, int64
   }
   // y = out / sum for the tile's real queries and channels.
   for (int64_t r = 0; r < kQueries && q0 + r < lq; ++r) {
-    alignas(64) float lanes[16];
-    _mm512_store_ps(lanes, scratch.row_sum[r]);
-    float sum = 0.0f;
-    for (int l = 0; l < 16; ++l) sum += lanes[l];
-    const float inverse = 1.0f / sum;
+    const __m512 inverse = _mm512_div_ps(_mm512_set1_ps(1.0f), broadcast_sum(scratch.row_sum[r]));
     float* o = scratch.out + r * dv;  // normalised in place, then written in y's dtype
-    for (int64_t c = 0; c < d; ++c) o[c] *= inverse;
+    for (int64_t c = 0; c < dv; c += 16) _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), inverse));
     write_row(o, y, at + r * channels, d);
   }
 }
