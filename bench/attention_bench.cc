@@ -2,7 +2,8 @@
 // [2, 4096, 320] and cross-attention to 77 text tokens, 8 heads of 40: in f32 the fused (flash)
 // kernel against the oneDNN matmul path, and in bf16 the fused AMX kernel, the AVX-512 flash kernel
 // in bf16 (CPUs without AMX) and the matmul path.
-// Also the second level's self-attention [2, 1024, 640], 8 heads of 80.
+// Also the second level's self-attention [2, 1024, 640], 8 heads of 80, and the VAE's mid-block
+// attention [1, 4096, 512], one head of 512.
 // Usage: attention_bench [threads] [runs] [kernel]; prints the median CPU time of `runs` of each,
 // alternated (use one thread where other work shares the machine); with `kernel` (say "bf16 AMX
 // flash") only that one runs, against the f32 matmuls for its error.
@@ -62,14 +63,16 @@ int main(int argc, char** argv) {
   std::vector<float> scores, packed;
   struct Case {
     const char* name;
-    int64_t lq, lk, channels;
+    int64_t lq, lk, channels, heads;
   };
-  for (const Case& c : {Case{"self  [2,4096,320] x [2,4096,320] H=8 D=40", 4096, 4096, 320},
-                        Case{"cross [2,4096,320] x [2,77,320]   H=8 D=40", 4096, 77, 320},
-                        Case{"self  [2,1024,640] x [2,1024,640] H=8 D=80", 1024, 1024, 640}}) {
-    const Tensor q = random_tensor({2, c.lq, c.channels}, 1), k = random_tensor({2, c.lk, c.channels}, 2),
-                 v = random_tensor({2, c.lk, c.channels}, 3);
-    const double gflop = 4.0 * 2 * c.lq * c.lk * c.channels / 1e9;
+  for (const Case& c : {Case{"self  [2,4096,320] x [2,4096,320] H=8 D=40", 4096, 4096, 320, 8},
+                        Case{"cross [2,4096,320] x [2,77,320]   H=8 D=40", 4096, 77, 320, 8},
+                        Case{"self  [2,1024,640] x [2,1024,640] H=8 D=80", 1024, 1024, 640, 8},
+                        Case{"VAE   [1,4096,512] x [1,4096,512] H=1 D=512", 4096, 4096, 512, 1}}) {
+    const int64_t batch = c.heads == 1 ? 1 : 2, heads = c.heads;
+    const Tensor q = random_tensor({batch, c.lq, c.channels}, 1), k = random_tensor({batch, c.lk, c.channels}, 2),
+                 v = random_tensor({batch, c.lk, c.channels}, 3);
+    const double gflop = 4.0 * batch * c.lq * c.lk * c.channels / 1e9;
     struct Kernel {
       const char* name;
       std::function<void(Tensor&)> run;
@@ -77,16 +80,19 @@ int main(int argc, char** argv) {
       std::vector<double> ms;
     };
     Kernel kernels[] = {
-        {"f32 matmuls", [&](Tensor& y) { cpu::attention_matmuls(cache, q, k, v, 8, false, scores, y); }, {}, {}},
-        {"f32 flash", [&](Tensor& y) { cpu::flash_attention(q, k, v, 8, false, DType::kF32, packed, y); }, {}, {}},
-        {"bf16 matmuls", [&](Tensor& y) { cpu::attention_matmuls(bf16_cache, q, k, v, 8, false, scores, y); }, {}, {}},
+        {"f32 matmuls", [&](Tensor& y) { cpu::attention_matmuls(cache, q, k, v, heads, false, scores, y); }, {}, {}},
+        {"f32 flash", [&](Tensor& y) { cpu::flash_attention(q, k, v, heads, false, DType::kF32, packed, y); }, {}, {}},
+        {"bf16 matmuls",
+         [&](Tensor& y) { cpu::attention_matmuls(bf16_cache, q, k, v, heads, false, scores, y); },
+         {},
+         {}},
         {"bf16 AVX-512 flash",
-         [&](Tensor& y) { cpu::flash_attention(q, k, v, 8, false, DType::kBF16, packed, y); },
+         [&](Tensor& y) { cpu::flash_attention(q, k, v, heads, false, DType::kBF16, packed, y); },
          {},
          {}},
         {"bf16 AMX flash",
          [&](Tensor& y) {
-           if (!cpu::flash_attention_amx(bf16_cache.onednn(), q, k, v, 8, false, y)) {
+           if (!cpu::flash_attention_amx(bf16_cache.onednn(), q, k, v, heads, false, y)) {
              std::fprintf(stderr, "attention_bench: no AMX here\n");
              std::exit(1);
            }
