@@ -6,7 +6,7 @@
 // attention [1, 4096, 512], one head of 512.
 // Usage: attention_bench [threads] [runs] [kernel]; prints the median CPU time of `runs` of each,
 // alternated (use one thread where other work shares the machine); with `kernel` (say "bf16 AMX
-// flash") only that one runs, against the f32 matmuls for its error.
+// flash") only the kernels whose names start so run, against the f32 matmuls for their error.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -73,11 +73,14 @@ int main(int argc, char** argv) {
     const Tensor q = random_tensor({batch, c.lq, c.channels}, 1), k = random_tensor({batch, c.lk, c.channels}, 2),
                  v = random_tensor({batch, c.lk, c.channels}, 3);
     const double gflop = 4.0 * batch * c.lq * c.lk * c.channels / 1e9;
+    // As a bf16 model hands them over (the UNet's q, k, v and attention output are bf16).
+    const Tensor q16 = q.to(DType::kBF16), k16 = k.to(DType::kBF16), v16 = v.to(DType::kBF16);
     struct Kernel {
       const char* name;
       std::function<void(Tensor&)> run;
       Tensor y;
       std::vector<double> ms;
+      DType y_dtype = DType::kF32;
     };
     Kernel kernels[] = {
         {"f32 matmuls", [&](Tensor& y) { cpu::attention_matmuls(cache, q, k, v, heads, false, scores, y); }, {}, {}},
@@ -99,11 +102,18 @@ int main(int argc, char** argv) {
          },
          {},
          {}},
+        {"bf16 AMX flash, bf16 q/k/v/y",
+         [&](Tensor& y) { cpu::flash_attention_amx(bf16_cache.onednn(), q16, k16, v16, heads, false, y); },
+         {},
+         {},
+         DType::kBF16},
     };
-    auto skipped = [&](const Kernel& kernel) { return !only.empty() && only != kernel.name && &kernel != &kernels[0]; };
+    auto skipped = [&](const Kernel& kernel) {  // `only` as a prefix: "bf16 AMX flash" runs both of its kind
+      return !only.empty() && std::string(kernel.name).rfind(only, 0) != 0 && &kernel != &kernels[0];
+    };
     for (Kernel& kernel : kernels) {
       if (skipped(kernel)) continue;
-      kernel.y = Tensor::empty(q.shape());
+      kernel.y = Tensor::empty(q.shape(), kernel.y_dtype);
       kernel.run(kernel.y);  // warm-up: primitives, scratch
     }
     // Alternating, so that load from other processes hits all alike.
@@ -115,11 +125,12 @@ int main(int argc, char** argv) {
     std::printf("%s, %d threads:\n", c.name, threads);
     for (Kernel& kernel : kernels) {
       if (skipped(kernel)) continue;
+      const Tensor y = kernel.y.to(DType::kF32);
       float diff = 0.0f;
       for (int64_t i = 0; i < q.numel(); ++i) {
-        diff = std::max(diff, std::abs(kernel.y.data<float>()[i] - kernels[0].y.data<float>()[i]));
+        diff = std::max(diff, std::abs(y.data<float>()[i] - kernels[0].y.data<float>()[i]));
       }
-      std::printf("  %-18s %8.1f ms CPU %8.1f GFLOP/s per core  (max |diff| to f32 matmuls %.2g)\n", kernel.name,
+      std::printf("  %-28s %8.1f ms CPU %8.1f GFLOP/s per core  (max |diff| to f32 matmuls %.2g)\n", kernel.name,
                   median(kernel.ms), gflop / (median(kernel.ms) / 1e3) / threads, diff);
     }
   }
