@@ -32,14 +32,14 @@ namespace {
 // Queries per tile: two AMX tiles of 16 rows.
 constexpr int64_t kQueries = 32;
 // Keys per chunk: the chunk's f32 scores (32 x 64, 8 KB), its two bf16 probability buffers (8 KB),
-// the running output and the chunk's share of it (12 KB at D = 40) and the queries (4 KB) stay in
-// L1 together. Measured about 10% faster than chunks of 128 (which fill L1 exactly) at SD's first
-// level.
+// the running output (6 KB at D = 40) and the queries (4 KB) stay in L1 together. Measured about
+// 5-10% faster than chunks of 128 at SD's first level (5% slower at the second, D = 80).
 constexpr int64_t kChunk = 64;
 // Keys per AMX step of q k^T and P v: two key tiles of 16, or one 64-byte row of bf16 pairs.
 constexpr int64_t kKeyStep = 32;
 // How far (in log2 units) a chunk's scores may rise above a row's running max before the max is
-// raised: probabilities up to 2^16, sums up to 2^16 per key, far inside f32's range.
+// raised: probabilities up to 2^16, sums up to 2^16 per key, far inside f32's range. (Checked on
+// the sum of each lane's terms in the chunk, which any single term past it exceeds.)
 constexpr float kMaxHeadroom = 16.0f;
 
 int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
@@ -125,6 +125,14 @@ inline __m512 broadcast_max(__m512 x) {
   return _mm512_maskz_max_ps(kAll, x, _mm512_maskz_permute_ps(kAll, x, 0xb1));     // neighbours swapped
 }
 
+// The sum of x's lanes, in every lane: the same butterfly.
+inline __m512 broadcast_sum(__m512 x) {
+  x = _mm512_add_ps(x, _mm512_maskz_shuffle_f32x4(kAll, x, x, 0x4e));
+  x = _mm512_add_ps(x, _mm512_maskz_shuffle_f32x4(kAll, x, x, 0xb1));
+  x = _mm512_add_ps(x, _mm512_maskz_permute_ps(kAll, x, 0x4e));
+  return _mm512_add_ps(x, _mm512_maskz_permute_ps(kAll, x, 0xb1));
+}
+
 // The lanes [0, n) of a vector, n clamped to [0, 16].
 inline __mmask16 first_lanes(int64_t n) {
   return n >= 16 ? static_cast<__mmask16>(0xffff) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1);
@@ -138,73 +146,123 @@ inline __mmask16 first_lanes(int64_t n) {
 //   v: [BH][lk_pad / 2][dv][2]: B tiles of key pairs x channels.
 void pack_q(const Bf16Source& q, int64_t at, int64_t rows, int64_t channels, int64_t d, int64_t dp, uint16_t* out) {
   for (int64_t t = 0; t < kQueries; ++t) {
-    uint16_t* row = out + t * dp;
-    if (t < rows) {
-      q.read(at + t * channels, row, d);
-    } else {
-      for (int64_t c = 0; c < d; ++c) row[c] = 0;
-    }
-    for (int64_t c = d; c < dp; ++c) row[c] = 0;
+    uint16_t* row = out + t * dp;  // 64-byte aligned: dp is a multiple of 32
+    for (int64_t c = 0; c < dp; c += 32) _mm512_store_si512(row + c, _mm512_setzero_si512());
+    if (t < rows) q.read(at + t * channels, row, d);
+  }
+}
+
+// out[c][r] = x[r][c] for 16 x 16 32-bit words (row r of x at x + r * stride words; out contiguous):
+// pairs of words, then of pairs, interleaved within 128-bit lanes, then the lanes gathered.
+inline void transpose_16x16(const uint32_t* x, int64_t stride, uint32_t* out) {
+  __m512i r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(x + i * stride);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_maskz_unpacklo_epi32(kAll, r[i], r[i + 1]);
+    t[i + 1] = _mm512_maskz_unpackhi_epi32(kAll, r[i], r[i + 1]);
+  }
+  // r[4g + k], lane L: column 4L + k of rows 4g .. 4g + 3.
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_maskz_unpacklo_epi64(0xff, t[i], t[i + 2]);
+    r[i + 1] = _mm512_maskz_unpackhi_epi64(0xff, t[i], t[i + 2]);
+    r[i + 2] = _mm512_maskz_unpacklo_epi64(0xff, t[i + 1], t[i + 3]);
+    r[i + 3] = _mm512_maskz_unpackhi_epi64(0xff, t[i + 1], t[i + 3]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    const __m512i even_lanes_low = _mm512_maskz_shuffle_i32x4(kAll, r[k], r[4 + k], 0x88);  // lanes 0, 2
+    const __m512i odd_lanes_low = _mm512_maskz_shuffle_i32x4(kAll, r[k], r[4 + k], 0xdd);   // lanes 1, 3
+    const __m512i even_lanes_high = _mm512_maskz_shuffle_i32x4(kAll, r[8 + k], r[12 + k], 0x88);
+    const __m512i odd_lanes_high = _mm512_maskz_shuffle_i32x4(kAll, r[8 + k], r[12 + k], 0xdd);
+    _mm512_storeu_si512(out + k * 16, _mm512_maskz_shuffle_i32x4(kAll, even_lanes_low, even_lanes_high, 0x88));
+    _mm512_storeu_si512(out + (8 + k) * 16, _mm512_maskz_shuffle_i32x4(kAll, even_lanes_low, even_lanes_high, 0xdd));
+    _mm512_storeu_si512(out + (4 + k) * 16, _mm512_maskz_shuffle_i32x4(kAll, odd_lanes_low, odd_lanes_high, 0x88));
+    _mm512_storeu_si512(out + (12 + k) * 16, _mm512_maskz_shuffle_i32x4(kAll, odd_lanes_low, odd_lanes_high, 0xdd));
   }
 }
 
 // pack_k and pack_v run inside the caller's parallel region (one region for both and the
-// attention: under load a barrier costs a time slice).
+// attention: under load a barrier costs a time slice). Each reads 16 keys' whole rows (all heads)
+// at a time, so that k and v are read once, in order, and moves bf16 pairs as 32-bit words: per
+// head a transposition of [16 keys][dp / 2 pairs] into [dp / 2 pairs][16 keys] for k, an
+// interleaving of each key pair's channels for v. `rows` holds 16 x channels bf16.
 void pack_k(const Bf16Source& k, int64_t batch, int64_t lk, int64_t heads, int64_t d, int64_t lk_pad, int64_t dp,
-            uint16_t* out) {
+            uint16_t* rows, uint16_t* out) {
   const int64_t channels = heads * d;
 #pragma omp for collapse(2) schedule(static) nowait
-  for (int64_t bh = 0; bh < batch * heads; ++bh) {
+  for (int64_t b = 0; b < batch; ++b) {
     for (int64_t tile = 0; tile < lk_pad / 16; ++tile) {
-      uint16_t* packed = out + (bh * lk_pad + tile * 16) * dp;
-      uint16_t row[512];  // one key's channels (D <= dp), rounded
-      for (int64_t j = 0; j < 16; ++j) {
-        const int64_t key = tile * 16 + j;
-        if (key < lk) {
-          k.read(((bh / heads) * lk + key) * channels + (bh % heads) * d, row, d);
-        } else {
-          for (int64_t c = 0; c < d; ++c) row[c] = 0;
+      const int64_t keys = lk - tile * 16 < 16 ? (lk > tile * 16 ? lk - tile * 16 : 0) : 16;  // real ones
+      k.read((b * lk + tile * 16) * channels, rows, keys * channels);
+      for (int64_t h = 0; h < heads; ++h) {
+        alignas(64) uint32_t head[16][256];  // the head's 16 keys, channel pairs (dp <= 512), zero-padded
+        for (int64_t j = 0; j < 16; ++j) {
+          const uint16_t* key = rows + j * channels + h * d;
+          const int64_t real = j < keys ? d : 0;
+          for (int64_t c = 0; c < dp; c += 32) {
+            const __mmask32 lanes = real - c >= 32 ? ~0u : real <= c ? 0u : (1u << (real - c)) - 1;
+            _mm512_store_si512(reinterpret_cast<uint16_t*>(head[j]) + c, _mm512_maskz_loadu_epi16(lanes, key + c));
+          }
         }
-        for (int64_t c = d; c < dp; ++c) row[c] = 0;
-        for (int64_t c = 0; c < dp; ++c) packed[((c / 2) * 16 + j) * 2 + c % 2] = row[c];
+        uint32_t* packed = reinterpret_cast<uint32_t*>(out + ((b * heads + h) * lk_pad + tile * 16) * dp);
+        for (int64_t pair = 0; pair < dp / 2; pair += 16) transpose_16x16(&head[0][pair], 256, packed + pair * 16);
       }
     }
   }
 }
 
 void pack_v(const Bf16Source& v, int64_t batch, int64_t lk, int64_t heads, int64_t d, int64_t lk_pad, int64_t dv,
-            uint16_t* out) {
+            uint16_t* rows, uint16_t* out) {
   const int64_t channels = heads * d;
 #pragma omp for collapse(2) schedule(static)
-  for (int64_t bh = 0; bh < batch * heads; ++bh) {
-    for (int64_t pair = 0; pair < lk_pad / 2; ++pair) {
-      uint16_t* packed = out + (bh * lk_pad + pair * 2) * dv;
-      uint16_t row[512];
-      for (int64_t i = 0; i < 2; ++i) {
-        const int64_t key = pair * 2 + i;
-        if (key < lk) {
-          v.read(((bh / heads) * lk + key) * channels + (bh % heads) * d, row, d);
-        } else {
-          for (int64_t c = 0; c < d; ++c) row[c] = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t tile = 0; tile < lk_pad / 16; ++tile) {
+      const int64_t keys = lk - tile * 16 < 16 ? (lk > tile * 16 ? lk - tile * 16 : 0) : 16;  // real ones
+      v.read((b * lk + tile * 16) * channels, rows, keys * channels);
+      for (int64_t j = keys * channels; j < 16 * channels; ++j) rows[j] = 0;
+      for (int64_t h = 0; h < heads; ++h) {
+        uint32_t* packed = reinterpret_cast<uint32_t*>(out + ((b * heads + h) * lk_pad + tile * 16) * dv);
+        for (int64_t pair = 0; pair < 8; ++pair) {
+          const uint16_t* even = rows + 2 * pair * channels + h * d;
+          const uint16_t* odd = even + channels;
+          for (int64_t c = 0; c < d; ++c) packed[pair * dv + c] = even[c] | static_cast<uint32_t>(odd[c]) << 16;
+          for (int64_t c = d; c < dv; ++c) packed[pair * dv + c] = 0;
         }
-        for (int64_t c = d; c < dv; ++c) row[c] = 0;
-        for (int64_t c = 0; c < dv; ++c) packed[c * 2 + i] = row[c];
+      }
+    }
+  }
+}
+
+// Asks for the cache lines of `rows` rows of d elements (element_size bytes) at base + at elements,
+// `channels` elements apart: the next query tile's q and y, which a head's tiles read and write
+// with a stride that the hardware prefetchers do not follow (each row a few lines, `channels`
+// apart). Measured 30% off the cross-attention at SD's first level, 10% off the second level's
+// self-attention.
+void prefetch_rows(const void* base, int64_t element_size, int64_t at, int64_t rows, int64_t channels, int64_t d,
+                   bool for_write) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const char* first = static_cast<const char*>(base) + (at + r * channels) * element_size;
+    const uintptr_t line = reinterpret_cast<uintptr_t>(first) & ~uintptr_t{63};
+    for (const char* p = reinterpret_cast<const char*>(line); p < first + d * element_size; p += 64) {
+      if (for_write) {
+        _m_prefetchw(const_cast<char*>(p));
+      } else {
+        _mm_prefetch(p, _MM_HINT_T0);
       }
     }
   }
 }
 
 // Per-thread buffers of one query tile: scores [32][kChunk] f32, two chunks' probabilities
-// [32][kChunk] bf16, the running output and one chunk's share of it [32][dv] f32, per query its
-// running max and sum and two chunks' corrections, and the packed queries.
+// [32][kChunk] bf16, the running output [32][dv] f32, per query its running max and sum, the
+// correction of a chunk that moved some row's max and a copy of the sum, and the packed queries.
 struct TileScratch {
   float* scores;
   uint16_t* probabilities[2];
   float* out;
-  float* chunk_out;
   __m512* row_max;  // [32] each
   __m512* row_sum;
-  __m512* row_correction[2];
+  __m512* row_correction;
+  __m512* row_saved;  // the sums before a chunk, for its redo
   uint16_t* queries;  // [32][dp], packed by pack_q
 };
 
@@ -213,45 +271,73 @@ inline int64_t chunk_keys(int64_t k0, int64_t key_end) {
   return round_up(key_end - k0 < kChunk ? key_end - k0 : kChunk, kKeyStep);
 }
 
+// 2^(t_j - max), t_j = scale s_j, for a row's `valid` keys of a chunk of scores s (in whole AMX
+// steps, `chunk` keys): the bf16 roundings into p (zeros past valid), the f32 values' sum lane by
+// lane returned. Inlined, so that whole chunks (valid and chunk kChunk) run without masks.
+__attribute__((always_inline)) inline __m512 row_probabilities(const float* s, int64_t valid, int64_t chunk,
+                                                               __m512 scale, __m512 max, uint16_t* p) {
+  __m512 sum = _mm512_setzero_ps();
+  for (int64_t j = 0; j < chunk; j += 32) {
+    const __mmask16 low = first_lanes(valid - j), high = first_lanes(valid - j - 16);
+    const __m512 p_low = exp2_16(low, _mm512_fmsub_ps(_mm512_loadu_ps(s + j), scale, max));
+    const __m512 p_high = exp2_16(high, _mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), scale, max));
+    sum = _mm512_add_ps(sum, _mm512_add_ps(p_low, p_high));
+    // vcvtne2ps2bf16 rounds to nearest even, as tensor::f32_to_bf16; the cast only retypes the bits.
+    _mm512_storeu_si512(p + j, (__m512i)_mm512_cvtne2ps_pbh(p_high, p_low));
+  }
+  return sum;
+}
+
 // Online softmax of one chunk's scores (keys [k0, key_end) of it real), per query row in f32: the
-// new (integer) max, the power of two 2^(old - new) that rescales what was summed under the old one
-// (into `correction`), and the bf16 probabilities.
-void chunk_softmax(const TileScratch& scratch, int64_t q0, int64_t k0, int64_t key_end, bool causal, __m512 scale,
-                   uint16_t* probabilities, __m512* correction) {
+// bf16 probabilities, and where a row's (integer) max moves, the new max and the power of two
+// 2^(old - new) that rescales what was summed under the old one (into scratch.row_correction, whose
+// other rows stay 1). Returns whether any row's max moved.
+bool chunk_softmax(const TileScratch& scratch, int64_t q0, int64_t k0, int64_t key_end, bool causal, __m512 scale,
+                   uint16_t* probabilities) {
   const int64_t valid_keys = key_end - k0 < kChunk ? key_end - k0 : kChunk;
   const int64_t chunk = round_up(valid_keys, kKeyStep);
+  __m512* const row_max = scratch.row_max;  // locals: the compiler cannot tell that p's stores miss them
+  __m512* const row_sum = scratch.row_sum;
+  __m512* const correction = scratch.row_correction;
+  const float* const scores = scratch.scores;
+  bool moved = false;
+  const __m512 headroom = _mm512_set1_ps(std::exp2(kMaxHeadroom));
+  // The common case: a whole chunk of keys that every row sees, after the first (every row has a
+  // max). Tried against the rows' maxes with no branch per row: one check of the largest lane sum
+  // after all rows (the per-row checks and branches cost ~10% of the softmax). Past the headroom,
+  // the sums go back and the rows below redo what needs redoing.
+  if (k0 > 0 && valid_keys == kChunk && (!causal || q0 >= k0 + kChunk - 1)) {
+    __m512 largest = _mm512_setzero_ps();
+    for (int64_t r = 0; r < kQueries; ++r) {
+      const __m512 terms =
+          row_probabilities(scores + r * kChunk, kChunk, kChunk, scale, row_max[r], probabilities + r * kChunk);
+      largest = _mm512_maskz_max_ps(kAll, largest, terms);
+      scratch.row_saved[r] = row_sum[r];
+      row_sum[r] = _mm512_add_ps(row_sum[r], terms);
+    }
+    if (_mm512_cmp_ps_mask(largest, headroom, _CMP_GT_OQ) == 0) return false;
+    for (int64_t r = 0; r < kQueries; ++r) row_sum[r] = scratch.row_saved[r];
+  }
   for (int64_t r = 0; r < kQueries; ++r) {
     const int64_t query = q0 + r;
     const int64_t valid = causal ? (query + 1 - k0 < valid_keys ? query + 1 - k0 : valid_keys) : valid_keys;
-    const float* s = scratch.scores + r * kChunk;
+    const float* s = scores + r * kChunk;
     uint16_t* p = probabilities + r * kChunk;
     if (valid <= 0) {  // a causal row that sees none of this chunk's keys
       for (int64_t j = 0; j < chunk; ++j) p[j] = 0;
-      correction[r] = _mm512_set1_ps(1.0f);
       continue;
     }
     // Once a row has a max, a chunk is first tried against it as it is: p_j = 2^(t_j - max) may
     // then exceed 1, by up to 2^kMaxHeadroom, which changes no rounded p_j (powers of two scale
     // bf16 exactly; up to the f32 rounding of t - m) and saves the max pass, the lanes' reduction
-    // and the rescaling: 22% of the kernel at SD's first level. A chunk that goes further above
-    // the max is redone below with a new one.
-    if (_mm512_cmp_ps_mask(scratch.row_max[r], _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ) != 0) {
-      const __m512 max = scratch.row_max[r];
-      __m512 t_max = _mm512_set1_ps(-INFINITY);  // lane by lane, the max of t - max over the chunk
-      __m512 sum = scratch.row_sum[r];
-      for (int64_t j = 0; j < chunk; j += 32) {
-        const __mmask16 low = first_lanes(valid - j), high = first_lanes(valid - j - 16);
-        const __m512 t_low = _mm512_fmsub_ps(_mm512_loadu_ps(s + j), scale, max);
-        const __m512 t_high = _mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), scale, max);
-        t_max = _mm512_mask_max_ps(t_max, low, t_max, t_low);
-        t_max = _mm512_mask_max_ps(t_max, high, t_max, t_high);
-        const __m512 p_low = exp2_16(low, t_low), p_high = exp2_16(high, t_high);
-        sum = _mm512_add_ps(sum, _mm512_add_ps(p_low, p_high));
-        _mm512_storeu_si512(p + j, (__m512i)_mm512_cvtne2ps_pbh(p_high, p_low));
-      }
-      if (_mm512_cmp_ps_mask(t_max, _mm512_set1_ps(kMaxHeadroom), _CMP_GT_OQ) == 0) {
-        correction[r] = _mm512_set1_ps(1.0f);
-        scratch.row_sum[r] = sum;
+    // and the rescaling: 22% of the kernel at SD's first level. A lane whose terms add up past
+    // 2^kMaxHeadroom (as any single term past it does) has the chunk redone below with a new max;
+    // checking the sum rather than a max of t saves an instruction per 16 scores.
+    if (_mm512_cmp_ps_mask(row_max[r], _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ) != 0) {
+      const __m512 terms = valid == kChunk ? row_probabilities(s, kChunk, kChunk, scale, row_max[r], p)
+                                           : row_probabilities(s, valid, chunk, scale, row_max[r], p);
+      if (_mm512_cmp_ps_mask(terms, headroom, _CMP_GT_OQ) == 0) {
+        row_sum[r] = _mm512_add_ps(row_sum[r], terms);
         continue;
       }
     }
@@ -260,33 +346,30 @@ void chunk_softmax(const TileScratch& scratch, int64_t q0, int64_t k0, int64_t k
       max16 = _mm512_mask_max_ps(max16, first_lanes(valid - j), max16, _mm512_loadu_ps(s + j));
     }
     // ceil(max t) in every lane; the correction 2^(old - new) is exact, and 0 at first (2^-inf).
-    const __m512 max = _mm512_maskz_max_ps(kAll, scratch.row_max[r],
+    const __m512 max = _mm512_maskz_max_ps(kAll, row_max[r],
                                            _mm512_maskz_roundscale_ps(kAll, _mm512_mul_ps(broadcast_max(max16), scale),
                                                                       _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC));
-    correction[r] = _mm512_maskz_scalef_ps(kAll, _mm512_set1_ps(1.0f), _mm512_sub_ps(scratch.row_max[r], max));
-    scratch.row_max[r] = max;
-    __m512 sum = _mm512_mul_ps(scratch.row_sum[r], correction[r]);
-    for (int64_t j = 0; j < chunk; j += 32) {
-      const __mmask16 low = first_lanes(valid - j), high = first_lanes(valid - j - 16);
-      const __m512 p_low = exp2_16(low, _mm512_fmsub_ps(_mm512_loadu_ps(s + j), scale, max));
-      const __m512 p_high = exp2_16(high, _mm512_fmsub_ps(_mm512_loadu_ps(s + j + 16), scale, max));
-      sum = _mm512_add_ps(sum, _mm512_add_ps(p_low, p_high));
-      // vcvtne2ps2bf16 rounds to nearest even, as tensor::f32_to_bf16; the cast only retypes the bits.
-      _mm512_storeu_si512(p + j, (__m512i)_mm512_cvtne2ps_pbh(p_high, p_low));
-    }
-    scratch.row_sum[r] = sum;
+    correction[r] = _mm512_maskz_scalef_ps(kAll, _mm512_set1_ps(1.0f), _mm512_sub_ps(row_max[r], max));
+    row_max[r] = max;
+    const __m512 terms = row_probabilities(s, valid, chunk, scale, max, p);
+    row_sum[r] = _mm512_add_ps(_mm512_mul_ps(row_sum[r], correction[r]), terms);
+    moved = true;
   }
+  return moved;
 }
 
 // One (batch, head, query tile): queries [q0, q0 + 32) of the packed q (rows past Lq are zeros and
 // not written) against keys [0, key_end). Writes y's rows from element `at` (interleaved heads,
 // `channels` apart).
 //
-// Software-pipelined by one chunk: iteration i runs q k^T of chunk i, P v of chunk i - 1, the
-// softmax of chunk i, and out = out * correction + P v of chunk i - 1, in that order. AMX tile
-// loads cannot take data from pending vector stores (nor vector loads from tile stores): each
-// waits until the stores reach the cache. In this order every buffer is read one step of other
-// work after it was written, not right away.
+// Software-pipelined by one chunk: iteration i runs q k^T of chunk i, out += P v of chunk i - 1
+// (accumulated in place: out is loaded into the accumulator tiles), and the softmax of chunk i, in
+// that order. Only after a chunk that moved some row's max (at the first chunk, and rarely after:
+// the max may lag) is out rescaled on AVX-512 before the next P v. AMX tile loads cannot take data
+// from pending vector stores (nor vector loads from tile stores): each waits until the stores reach
+// the cache. In this order every buffer but the rare rescale's is read one step of other work after
+// it was written, not right away. (The AMX unit and AVX-512 do not overlap here: interleaving the
+// tile products with the softmax's rows measured slower.)
 void amx_tile(const uint16_t* k, const uint16_t* v, int64_t d, int64_t dp, int64_t dv, int64_t lq, int64_t q0,
               int64_t key_end, bool causal, float log2e_alpha, Tensor& y, int64_t at, int64_t channels,
               const TileScratch& scratch) {
@@ -298,6 +381,8 @@ void amx_tile(const uint16_t* k, const uint16_t* v, int64_t d, int64_t dp, int64
     scratch.row_sum[r] = _mm512_setzero_ps();
   }
   for (int64_t i = 0; i < kQueries * dv; ++i) scratch.out[i] = 0.0f;
+  for (int64_t r = 0; r < kQueries; ++r) scratch.row_correction[r] = _mm512_set1_ps(1.0f);
+  bool moved = false;  // the latest softmax moved a max: out needs its correction before P v
   const Operand q0_tile{scratch.queries, dp * 2, 64}, q1_tile{scratch.queries + 16 * dp, dp * 2, 64};
   const __m512 scale = _mm512_set1_ps(log2e_alpha);
   const int64_t chunks = (key_end + kChunk - 1) / kChunk;
@@ -314,8 +399,16 @@ void amx_tile(const uint16_t* k, const uint16_t* v, int64_t d, int64_t dp, int64
     }
     const int64_t previous = i - 1;  // the chunk whose P v runs now
     if (previous >= 0) {
-      // 32 queries x 32 channels per product, over the chunk in steps of 32 keys, into fresh
-      // accumulators (loading them from out would wait for out's rescaled rows).
+      if (moved) {
+        for (int64_t r = 0; r < kQueries; ++r) {
+          float* o = scratch.out + r * dv;
+          for (int64_t c = 0; c < dv; c += 16) {
+            _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), scratch.row_correction[r]));
+          }
+          scratch.row_correction[r] = _mm512_set1_ps(1.0f);
+        }
+      }
+      // 32 queries x 32 channels per product, over the chunk in steps of 32 keys.
       const int64_t p_k0 = previous * kChunk;
       const uint16_t* values = v + p_k0 * dv;  // key pairs from p_k0: dv * 2 bf16 each
       const uint16_t* probabilities = scratch.probabilities[previous % 2];
@@ -323,33 +416,16 @@ void amx_tile(const uint16_t* k, const uint16_t* v, int64_t d, int64_t dp, int64
       for (int64_t c = 0; c < dv; c += 32) {
         const Operand v0{values + c * 2, dv * 4, 16 * dv * 4};
         const Operand v1{c + 16 < dv ? values + (c + 16) * 2 : nullptr, dv * 4, 16 * dv * 4};
-        tile_product(chunk_keys(p_k0, key_end) / kKeyStep, p0, p1, v0, v1, scratch.chunk_out + c, dv * 4, false);
+        tile_product(chunk_keys(p_k0, key_end) / kKeyStep, p0, p1, v0, v1, scratch.out + c, dv * 4, true);
       }
     }
-    if (i < chunks) {
-      chunk_softmax(scratch, q0, k0, key_end, causal, scale, scratch.probabilities[i % 2],
-                    scratch.row_correction[i % 2]);
-    }
-    if (previous >= 0) {
-      const __m512* correction = scratch.row_correction[previous % 2];
-      for (int64_t r = 0; r < kQueries; ++r) {
-        float* o = scratch.out + r * dv;
-        const float* pv = scratch.chunk_out + r * dv;
-        for (int64_t c = 0; c < dv; c += 16) {
-          _mm512_storeu_ps(o + c, _mm512_fmadd_ps(_mm512_loadu_ps(o + c), correction[r], _mm512_loadu_ps(pv + c)));
-        }
-      }
-    }
+    if (i < chunks) moved = chunk_softmax(scratch, q0, k0, key_end, causal, scale, scratch.probabilities[i % 2]);
   }
   // y = out / sum for the tile's real queries and channels.
   for (int64_t r = 0; r < kQueries && q0 + r < lq; ++r) {
-    alignas(64) float lanes[16];
-    _mm512_store_ps(lanes, scratch.row_sum[r]);
-    float sum = 0.0f;
-    for (int l = 0; l < 16; ++l) sum += lanes[l];
-    const float inverse = 1.0f / sum;
+    const __m512 inverse = _mm512_div_ps(_mm512_set1_ps(1.0f), broadcast_sum(scratch.row_sum[r]));
     float* o = scratch.out + r * dv;  // normalised in place, then written in y's dtype
-    for (int64_t c = 0; c < d; ++c) o[c] *= inverse;
+    for (int64_t c = 0; c < dv; c += 16) _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), inverse));
     write_row(o, y, at + r * channels, d);
   }
 }
@@ -372,17 +448,19 @@ bool flash_attention_amx(OneDnn& onednn, const Tensor& q, const Tensor& k, const
   const float log2e_alpha = static_cast<float>(1.4426950408889634 / std::sqrt(static_cast<double>(d)));
   const int64_t tiles = (lq + kQueries - 1) / kQueries;
   const Bf16Source q_rows(q), k_rows(k), v_rows(v);
+  const int64_t q_size = dtype_size(q.dtype()), y_size = dtype_size(y.dtype());
   // Below ~64K multiply-adds a parallel region costs more than the attention (tiny models').
 #pragma omp parallel if (bh_count * lq * lk * d > 65536)
   {
-    pack_k(k_rows, batch, lk, heads, d, lk_pad, dp, k_packed);
-    pack_v(v_rows, batch, lk, heads, d, lk_pad, dv, v_packed);  // ends with the barrier
+    std::vector<uint16_t> key_rows(static_cast<size_t>(16 * channels));
+    pack_k(k_rows, batch, lk, heads, d, lk_pad, dp, key_rows.data(), k_packed);
+    pack_v(v_rows, batch, lk, heads, d, lk_pad, dv, key_rows.data(), v_packed);  // ends with the barrier
     struct alignas(64) Line {
       float lanes[16];
     };
     const int64_t probabilities = kQueries * kChunk / 2;  // floats' worth of one chunk's bf16
     std::vector<Line> buffer(
-        static_cast<size_t>((kQueries * kChunk + 2 * probabilities + 2 * kQueries * dv + kQueries * dp / 2) / 16));
+        static_cast<size_t>((kQueries * kChunk + 2 * probabilities + kQueries * dv + kQueries * dp / 2) / 16));
     std::vector<Line> rows(4 * kQueries);
     float* scores = buffer.data()->lanes;
     float* out = scores + kQueries * kChunk + 2 * probabilities;
@@ -391,11 +469,11 @@ bool flash_attention_amx(OneDnn& onednn, const Tensor& q, const Tensor& k, const
                               {reinterpret_cast<uint16_t*>(scores + kQueries * kChunk),
                                reinterpret_cast<uint16_t*>(scores + kQueries * kChunk + probabilities)},
                               out,
-                              out + kQueries * dv,
                               row_vectors,
                               row_vectors + kQueries,
-                              {row_vectors + 2 * kQueries, row_vectors + 3 * kQueries},
-                              reinterpret_cast<uint16_t*>(out + 2 * kQueries * dv)};
+                              row_vectors + 2 * kQueries,
+                              row_vectors + 3 * kQueries,
+                              reinterpret_cast<uint16_t*>(out + kQueries * dv)};
     const TileConfig config;
     _tile_loadconfig(&config);
 #pragma omp for collapse(2) schedule(static)
@@ -404,6 +482,11 @@ bool flash_attention_amx(OneDnn& onednn, const Tensor& q, const Tensor& k, const
         const int64_t q0 = t * kQueries;
         const int64_t key_end = causal && q0 + kQueries < lk ? q0 + kQueries : lk;
         const int64_t at = ((bh / heads) * lq + q0) * channels + (bh % heads) * d;
+        if (q0 + 2 * kQueries <= lq) {  // the next tile's rows, while this one runs
+          const int64_t next = at + kQueries * channels;
+          prefetch_rows(q.raw_data(), q_size, next, kQueries, channels, d, false);
+          prefetch_rows(y.raw_data(), y_size, next, kQueries, channels, d, true);
+        }
         pack_q(q_rows, at, lq - q0 < kQueries ? lq - q0 : kQueries, channels, d, dp, scratch.queries);
         amx_tile(k_packed + bh * lk_pad * dp, v_packed + bh * lk_pad * dv, d, dp, dv, lq, q0, key_end, causal,
                  log2e_alpha, y, at, channels, scratch);
