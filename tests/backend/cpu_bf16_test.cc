@@ -44,7 +44,12 @@
 namespace sdstack::backend {
 namespace {
 
+using backend::testing::linear_inputs;
+using backend::testing::LinearCase;
+using backend::testing::LinearInputs;
 using backend::testing::reference_backend;
+using backend::testing::run_linear;
+using backend::testing::sd_linear_cases;
 using sdstack::testing::max_rel_diff;
 using sdstack::testing::random_tensor;
 
@@ -295,56 +300,17 @@ TEST(CpuBf16Conv2d, HalfPrecisionWeights) {
   }
 }
 
-struct LinearCase {
-  Shape x_shape;  // [..., in]
-  int64_t out;
-  bool bias;
-  Activation activation;
-  bool residual, residual_aliases_y;
-};
-
-// Runs `linear` on x (twice: the second run reuses the cached primitive) with the case's extras.
-Tensor run_linear(Linear& linear, const Tensor& x, const LinearCase& c, const Tensor& residual) {
-  Tensor y = Tensor::empty(residual.shape());
-  LinearExtras extras;
-  extras.activation = c.activation;
-  if (c.residual) extras.residual = c.residual_aliases_y ? y : residual;
-  for (int repeat = 0; repeat < 2; ++repeat) {
-    if (c.residual_aliases_y) y.copy_from(residual);
-    linear.run(x, y, extras);
-  }
-  return y;
-}
-
 TEST(CpuBf16Linear, ShapesAndFusions) {
   SKIP_WITHOUT_BF16();
-  const LinearCase cases[] = {
-      {{2, 256, 320}, 320, false, Activation::kNone, false, false},      // to_q (no bias)
-      {{2, 77, 768}, 320, false, Activation::kNone, false, false},       // to_k from the text embedding
-      {{2, 256, 320}, 2560, true, Activation::kNone, false, false},      // GEGLU proj (2 x 1280)
-      {{2, 256, 1280}, 320, true, Activation::kNone, true, true},        // ff out + residual (aliasing y)
-      {{2, 256, 320}, 320, true, Activation::kNone, true, false},        // to_out + residual (not aliasing)
-      {{2, 1280}, 1280, true, Activation::kSiLU, false, false},          // time embedding MLP
-      {{1, 77, 768}, 3072, true, Activation::kQuickGELU, false, false},  // CLIP MLP fc1
-      {{3, 50, 64}, 96, true, Activation::kGELU, true, false},           // activation then residual
-      {{5, 7}, 3, true, Activation::kNone, false, false},                // tiny, odd sizes
-  };
   Worst worst{"linear"};
   uint64_t seed = 3400;
-  for (const LinearCase& c : cases) {
-    const int64_t in = c.x_shape.back();
-    SCOPED_TRACE(::testing::Message() << "in " << in << " out " << c.out << " rows " << c.x_shape[0]);
-    const float bound = 1.0f / std::sqrt(static_cast<float>(in));
-    const Tensor weight = random_tensor({c.out, in}, seed++, -bound, bound);
-    const Tensor bias = c.bias ? random_tensor({c.out}, seed++) : Tensor();
-    const Tensor x = random_tensor(c.x_shape, seed++);
-    Shape y_shape = c.x_shape;
-    y_shape.back() = c.out;
-    const Tensor residual = random_tensor(y_shape, seed++);
-    const Tensor y = run_linear(*bf16_backend()->make_linear(weight, bias), x, c, residual);
+  for (const LinearCase& c : sd_linear_cases()) {
+    SCOPED_TRACE(::testing::Message() << "in " << c.x_shape.back() << " out " << c.out << " rows " << c.x_shape[0]);
+    const LinearInputs in = linear_inputs(c, seed);
+    const Tensor y = run_linear(*bf16_backend()->make_linear(in.weight, in.bias), in.x, c, in.residual);
     const Tensor y_rounded =
-        run_linear(*reference_backend().make_linear(rounded(weight), bias), rounded(x), c, residual);
-    const Tensor y_f32 = run_linear(*reference_backend().make_linear(weight, bias), x, c, residual);
+        run_linear(*reference_backend().make_linear(rounded(in.weight), in.bias), rounded(in.x), c, in.residual);
+    const Tensor y_f32 = run_linear(*reference_backend().make_linear(in.weight, in.bias), in.x, c, in.residual);
     worst.check(y, y_rounded, y_f32);
   }
 }

@@ -15,7 +15,12 @@ namespace sdstack::backend {
 namespace {
 
 using backend::testing::cpu_backend;
+using backend::testing::linear_inputs;
+using backend::testing::LinearCase;
+using backend::testing::LinearInputs;
 using backend::testing::reference_backend;
+using backend::testing::run_linear;
+using backend::testing::sd_linear_cases;
 using sdstack::testing::max_rel_diff;
 using sdstack::testing::random_tensor;
 
@@ -246,52 +251,16 @@ TEST(CpuConv2d, HalfPrecisionWeights) {
   EXPECT_LE(max_rel_diff(y_cpu, y_ref), kLayerTolerance);
 }
 
-struct LinearCase {
-  Shape x_shape;  // [..., in]
-  int64_t out;
-  bool bias;
-  Activation activation;
-  bool residual, residual_aliases_y;
-};
-
 TEST(CpuLinear, ShapesAndFusions) {
-  const LinearCase cases[] = {
-      {{2, 256, 320}, 320, false, Activation::kNone, false, false},      // to_q (no bias)
-      {{2, 77, 768}, 320, false, Activation::kNone, false, false},       // to_k from the text embedding
-      {{2, 256, 320}, 2560, true, Activation::kNone, false, false},      // GEGLU proj (2 x 1280)
-      {{2, 256, 1280}, 320, true, Activation::kNone, true, true},        // ff out + residual (aliasing y)
-      {{2, 256, 320}, 320, true, Activation::kNone, true, false},        // to_out + residual (not aliasing)
-      {{2, 1280}, 1280, true, Activation::kSiLU, false, false},          // time embedding MLP
-      {{1, 77, 768}, 3072, true, Activation::kQuickGELU, false, false},  // CLIP MLP fc1
-      {{3, 50, 64}, 96, true, Activation::kGELU, true, false},
-      {{2, 40, 36}, 20, true, Activation::kSiLU, true, true},  // activation then residual
-      {{5, 7}, 3, true, Activation::kNone, false, false},      // tiny, odd sizes
-  };
+  std::vector<LinearCase> cases = sd_linear_cases();
+  cases.push_back({{2, 40, 36}, 20, true, Activation::kSiLU, true, true});  // activation then residual, aliasing y
   uint64_t seed = 500;
   for (const LinearCase& c : cases) {
-    const int64_t in = c.x_shape.back();
-    SCOPED_TRACE(::testing::Message() << "in " << in << " out " << c.out << " rows " << c.x_shape[0]);
-    const float bound = 1.0f / std::sqrt(static_cast<float>(in));
-    const Tensor weight = random_tensor({c.out, in}, seed++, -bound, bound);
-    const Tensor bias = c.bias ? random_tensor({c.out}, seed++) : Tensor();
-    const Tensor x = random_tensor(c.x_shape, seed++);
-    Shape y_shape = c.x_shape;
-    y_shape.back() = c.out;
-    const Tensor residual = random_tensor(y_shape, seed++);
-    Tensor ys[2];
-    Backend* backends[2] = {&cpu_backend(), &reference_backend()};
-    for (int i = 0; i < 2; ++i) {
-      std::unique_ptr<Linear> linear = backends[i]->make_linear(weight, bias);
-      ys[i] = Tensor::empty(y_shape);
-      LinearExtras extras;
-      extras.activation = c.activation;
-      if (c.residual) extras.residual = c.residual_aliases_y ? ys[i] : residual;
-      for (int repeat = 0; repeat < 2; ++repeat) {  // the second run reuses the cached primitive
-        if (c.residual_aliases_y) ys[i].copy_from(residual);
-        linear->run(x, ys[i], extras);
-      }
-    }
-    EXPECT_LE(max_rel_diff(ys[0], ys[1]), kLayerTolerance);
+    SCOPED_TRACE(::testing::Message() << "in " << c.x_shape.back() << " out " << c.out << " rows " << c.x_shape[0]);
+    const LinearInputs in = linear_inputs(c, seed);
+    const Tensor y_cpu = run_linear(*cpu_backend().make_linear(in.weight, in.bias), in.x, c, in.residual);
+    const Tensor y_ref = run_linear(*reference_backend().make_linear(in.weight, in.bias), in.x, c, in.residual);
+    EXPECT_LE(max_rel_diff(y_cpu, y_ref), kLayerTolerance);
   }
 }
 

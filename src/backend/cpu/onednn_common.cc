@@ -82,11 +82,8 @@ const memory& PreparedWeights::get(const memory::desc& desc) {
   for (const memory& m : prepared_) {
     if (m.get_desc() == desc) return m;
   }
-  // The plain copy if we still have it, else the first prepared layout (any layout reorders to any).
-  memory from = prepared_.empty() ? source_ : prepared_.front();  // a handle, not a copy of the data
   memory to(desc, onednn_->engine);
-  dnnl::reorder(from, to).execute(onednn_->stream, from, to);
-  onednn_->stream.wait();
+  copy_to(to);
   prepared_.push_back(to);
   // Keeping the plain f32 copy would double the weights' memory (3.4 GB for SD's UNet).
   source_ = memory();
@@ -94,7 +91,8 @@ const memory& PreparedWeights::get(const memory::desc& desc) {
 }
 
 void PreparedWeights::copy_to(memory to) {
-  memory from = prepared_.empty() ? source_ : prepared_.front();
+  // The plain copy if we still have it, else the first prepared layout (any layout reorders to any).
+  memory from = prepared_.empty() ? source_ : prepared_.front();  // a handle, not a copy of the data
   dnnl::reorder(from, to).execute(onednn_->stream, from, to);
   onednn_->stream.wait();
 }
