@@ -1,5 +1,5 @@
-// Large activation buffers reused across the ops of one model call (the VAE decoder's 67-268 MB
-// tensors at 512 px), so that each is page-faulted once per call rather than once per op.
+// Large activation buffers reused across the ops of a model's calls (the VAE decoder's 67-268 MB
+// tensors at 512 px), so that each is page-faulted once rather than once per op.
 #pragma once
 
 #include <cstdint>

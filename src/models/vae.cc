@@ -286,9 +286,9 @@ Result<Tensor> AutoencoderKL::decode(const Tensor& latents) {
   }
   const Decoder& decoder = *decoder_;
   const int64_t batch = latents.dim(0);
-  // The decoder's activations at 512 px are 67-268 MB each; a pool for this call reuses their
-  // memory from op to op and frees it on return.
-  BufferPool pool;
+  // The decoder's activations at 512 px are 67-268 MB each: the model's pool reuses their memory
+  // from op to op and from call to call.
+  BufferPool& pool = pool_;
   Tensor z = latents.is_contiguous() ? latents : latents.contiguous();  // [B, h, w, latent]
   if (post_quant_conv_ != nullptr) {
     Tensor projected = Tensor::empty(z.shape());
@@ -327,7 +327,7 @@ Result<LatentDistribution> AutoencoderKL::encode_distribution(const Tensor& imag
   }
   const Encoder& encoder = *encoder_;
   const Tensor x = image.is_contiguous() ? image : image.contiguous();
-  BufferPool pool;  // as in decode
+  BufferPool& pool = pool_;  // as in decode
   const int64_t batch = x.dim(0), latent = config_.latent_channels;
   // conv_in: [B, H, W, in] -> [B, H, W, C0]
   Tensor h = Tensor::empty({batch, x.dim(1), x.dim(2), config_.block_out_channels[0]});

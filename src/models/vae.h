@@ -4,13 +4,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "backend/backend.h"
 #include "io/model_folder.h"
+#include "models/buffer_pool.h"
 #include "models/weight_loader.h"
 
 namespace sdstack::models {
@@ -75,6 +75,12 @@ class AutoencoderKL {
   // encode_distribution(image).mean: what diffusers' `latent_dist.mode()` gives.
   base::Result<Tensor> encode(const Tensor& image);
 
+  // The large activation buffers decode and encode reuse: kept from call to call (a decode at 512 px
+  // pools ~1 GB, which each call would otherwise map and page-fault afresh, ~10% of a decode), and
+  // freed with the model or by release_buffers().
+  size_t buffer_bytes() const { return pool_.pooled_bytes(); }
+  void release_buffers() { pool_ = BufferPool(); }
+
   float scaling_factor() const { return static_cast<float>(config_.scaling_factor); }
   const AutoencoderKLConfig& config() const { return config_; }
 
@@ -88,6 +94,7 @@ class AutoencoderKL {
   std::unique_ptr<Encoder> encoder_;
   std::unique_ptr<Decoder> decoder_;
   std::unique_ptr<backend::Conv2d> quant_conv_, post_quant_conv_;  // 1x1; absent when the config turns them off
+  BufferPool pool_;
 };
 
 }  // namespace sdstack::models

@@ -48,8 +48,8 @@ struct GenerateResult {
 
 // What the pipeline reports after each denoising step (one UNet call and one scheduler step).
 struct StepInfo {
-  int done = 0;   // steps done, 1-based
-  int total = 0;  // steps in all
+  int done = 0;                         // steps done, 1-based
+  int total = 0;                        // steps in all
   const Tensor* unet_output = nullptr;  // the UNet's raw output, NCHW; with guidance [uncond..., cond...]
   const Tensor* latents = nullptr;      // the latents after the step, NCHW
 };
@@ -57,7 +57,8 @@ using StepCallback = std::function<void(const StepInfo& step)>;
 
 // When the pipeline holds its three models (text encoder, UNet, VAE) in memory.
 enum class Residency {
-  // Loaded by load() and kept: generate() again loads nothing. Memory holds all three at once.
+  // Loaded by load() and kept: generate() again loads nothing. Memory holds all three at once,
+  // and the VAE's activation buffers after its first decode (AutoencoderKL::buffer_bytes).
   kAllLoaded,
   // Each loaded by generate() when its stage starts and freed when it ends (the text encoder for
   // the prompts, the UNet for the denoising loop, the VAE's decoder for the images), so peak

@@ -13,7 +13,6 @@
 #include <fstream>
 #include <iostream>
 #include <map>
-
 #include <nlohmann/json.hpp>
 
 #include "io/npy.h"
@@ -25,11 +24,11 @@ namespace sdstack::models {
 namespace {
 
 using sdstack::testing::golden_dir;
-using sdstack::testing::read_json;
-using sdstack::testing::read_npy_checked;
 using sdstack::testing::have_golden;
 using sdstack::testing::max_abs_diff;
 using sdstack::testing::random_tensor;
+using sdstack::testing::read_json;
+using sdstack::testing::read_npy_checked;
 
 constexpr float kVAETolerance = 1e-4f;
 
@@ -104,6 +103,33 @@ TEST_F(VAEGoldenTest, DecoderOnlyDecodesTheSameAndRefusesToEncode) {
   ASSERT_FALSE(encoded.is_ok());
   EXPECT_NE(encoded.status().message().find("vae: loaded for decoding only"), std::string::npos)
       << encoded.status().message();
+}
+
+// The decoder's large activations (the tiny VAE's 32 channels at 384 x 512 are 25 MB) come from a
+// pool the model keeps: a second decode reuses it without growing it, the images it returned
+// before stay intact, and releasing it changes nothing but the memory held.
+TEST_F(VAEGoldenTest, KeepsItsActivationBuffersFromDecodeToDecode) {
+  std::unique_ptr<AutoencoderKL> vae = load(*cpu_);
+  ASSERT_NE(vae, nullptr);
+  EXPECT_EQ(vae->buffer_bytes(), 0u);
+  const Tensor latents = random_tensor({1, 48, 64, 4}, 11);
+  auto first = vae->decode(latents);
+  ASSERT_TRUE(first.is_ok()) << first.status().message();
+  const size_t pooled = vae->buffer_bytes();
+  EXPECT_GE(pooled, size_t{384 * 512 * 32 * 4});
+  const std::vector<float> first_values = first->to_vector();
+
+  auto second = vae->decode(latents);
+  ASSERT_TRUE(second.is_ok()) << second.status().message();
+  EXPECT_EQ(vae->buffer_bytes(), pooled);
+  EXPECT_EQ(first->to_vector(), first_values);  // not overwritten by the second decode
+  EXPECT_EQ(second->to_vector(), first_values);
+
+  vae->release_buffers();
+  EXPECT_EQ(vae->buffer_bytes(), 0u);
+  auto third = vae->decode(latents);
+  ASSERT_TRUE(third.is_ok()) << third.status().message();
+  EXPECT_EQ(third->to_vector(), first_values);
 }
 
 TEST_F(VAEGoldenTest, DecodeMatchesDiffusersOnReference) {
