@@ -58,8 +58,14 @@ int run_bench(int argc, char** argv) {
       "Time each Stable Diffusion component on this machine: the CLIP text encoder (one prompt), one\n"
       "UNet forward at batch 2 (classifier-free guidance) and the VAE decode, each as the median of\n"
       "--repeat runs after a warm-up, with GFLOP/s (FLOPs counted from the architecture) and the\n"
-      "percentage of this machine's peak, which the bench measures first (a large matmul, f32 and bf16).",
+      "percentage of this machine's peak, which the bench measures first (the better of a 2048^3\n"
+      "matmul and SD's commonest 3x3 conv, in f32 and in bf16).",
       argv[0]);
+  app.footer(
+      "On a CPU with AMX, bf16 runs on its tiles, and the bf16 peak is AMX's. To see how a CPU with\n"
+      "AVX512-BF16 but no AMX (Zen 4, Cooper Lake) would do, peak included, cap the\n"
+      "instruction set as oneDNN reads it: ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 sdstack bench ...\n"
+      "(sdstack's own attention kernels keep to the same cap).");
   pipeline::BenchOptions options;
   std::string random, dtype = "f32", components = "clip,unet,vae";
   bool json = false;
