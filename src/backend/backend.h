@@ -122,8 +122,9 @@ class Backend {
   // a: [B, M, K]; b: [B, K, N] or [B, N, K] when transposed; y: [B, M, N].
   virtual void matmul(const Tensor& a, const Tensor& b, Tensor& y, bool transpose_b = false, float alpha = 1.0f) = 0;
 
-  // Group norm over NHWC x: [N, H, W, C], C divisible by `groups`; gamma, beta: [C] f32.
-  // The activation (none or SiLU) is fused. y: f32 (may alias x) or operand_dtype().
+  // Group norm over NHWC x: [N, H, W, C] (f32 or operand_dtype()), C divisible by `groups`; gamma,
+  // beta: [C] f32. The activation (none or SiLU) is fused. y: f32 (may alias an f32 x) or
+  // operand_dtype().
   virtual void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_t groups, float eps,
                           Activation activation, Tensor& y) = 0;
   // Layer norm over the last dim of x: [..., C]; gamma, beta: [C] f32. y: f32 (may alias x) or

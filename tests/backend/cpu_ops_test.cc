@@ -78,6 +78,23 @@ TEST(CpuGroupNorm, LargeMeanOverManyBlocks) {
   }
 }
 
+// A bf16 x (a bf16 layer's output) is normalised as its exact f32 value would be; into f32, and
+// into bf16 as that f32 result rounded.
+TEST(CpuGroupNorm, Bf16InputIsWidenedExactly) {
+  const Shape shape{2, 24, 20, 128};
+  const Tensor x = random_tensor(shape, 1060, -1.0f, 7.0f).to(DType::kBF16);
+  const Tensor gamma = random_tensor({128}, 1061, 0.5f, 1.5f);
+  const Tensor beta = random_tensor({128}, 1062);
+  for (Activation activation : {Activation::kNone, Activation::kSiLU}) {
+    Tensor y_ref = Tensor::empty(shape), y_cpu = Tensor::empty(shape), y_bf16 = Tensor::empty(shape, DType::kBF16);
+    reference_backend().group_norm(x.to(DType::kF32), gamma, beta, 32, 1e-5f, activation, y_ref);
+    cpu_backend().group_norm(x, gamma, beta, 32, 1e-5f, activation, y_cpu);
+    cpu_backend().group_norm(x, gamma, beta, 32, 1e-5f, activation, y_bf16);
+    EXPECT_LE(max_rel_diff(y_cpu, y_ref), kNormTolerance);
+    EXPECT_EQ(y_bf16.to(DType::kF32).to_vector(), y_cpu.to(DType::kBF16).to(DType::kF32).to_vector());
+  }
+}
+
 TEST(CpuLayerNorm, RowsOfSdAndClip) {
   const Shape shapes[] = {{2, 256, 320}, {1, 77, 768}, {2, 64, 1280}, {3, 5, 7}};
   uint64_t seed = 1100;

@@ -41,11 +41,16 @@ void merge(Moments& a, const Moments& b) {
   a.count = count;
 }
 
+// An element of x as f32: f32 itself, or a bf16's bits as the high half of an f32.
+inline float widen(float x) { return x; }
+inline float widen(uint16_t x) { return __builtin_bit_cast(float, static_cast<uint32_t>(x) << 16); }
+
 // Per-channel moments of one image xi: [pixels, C]. Each thread takes a range of pixels; per
 // block, float sums across channels (contiguous, vectorised) give a block mean, a second pass over
 // the cached block the squared deviations from it and their residual sum (the block mean's
 // rounding), all merged into the thread's doubles; the threads' moments are merged last.
-std::vector<Moments> channel_moments(const float* xi, int64_t pixels, int64_t c) {
+template <typename T>
+std::vector<Moments> channel_moments(const T* xi, int64_t pixels, int64_t c) {
   const int threads = omp_get_max_threads();
   std::vector<Moments> per_thread(static_cast<size_t>(threads * c));
 #pragma omp parallel
@@ -62,9 +67,9 @@ std::vector<Moments> channel_moments(const float* xi, int64_t pixels, int64_t c)
       const float count = static_cast<float>(p1 - p0);
       std::fill(sum.begin(), sum.end(), 0.0f);
       for (int64_t p = p0; p < p1; ++p) {
-        const float* row = xi + p * c;
+        const T* row = xi + p * c;
 #pragma omp simd
-        for (int64_t ch = 0; ch < c; ++ch) s[ch] += row[ch];
+        for (int64_t ch = 0; ch < c; ++ch) s[ch] += widen(row[ch]);
       }
 #pragma omp simd
       for (int64_t ch = 0; ch < c; ++ch) {
@@ -73,10 +78,10 @@ std::vector<Moments> channel_moments(const float* xi, int64_t pixels, int64_t c)
         q[ch] = 0.0f;
       }
       for (int64_t p = p0; p < p1; ++p) {
-        const float* row = xi + p * c;
+        const T* row = xi + p * c;
 #pragma omp simd
         for (int64_t ch = 0; ch < c; ++ch) {
-          const float d = row[ch] - s[ch];
+          const float d = widen(row[ch]) - s[ch];
           r[ch] += d;
           q[ch] += d * d;
         }
@@ -98,29 +103,20 @@ std::vector<Moments> channel_moments(const float* xi, int64_t pixels, int64_t c)
 
 }  // namespace
 
-// x, y: [N, HW, C] viewed as pixels of C channels; group g = channels [g Cg, (g+1) Cg).
-// Statistics in one pass over memory (channel_moments), merged per group in double. Then
-// y = ((x - mean_hi) - mean_lo) a[c] + beta[c] with a = gamma rstd, and the activation, in float:
-// the mean split into two floats keeps the digits that x - float(mean) would round away when the
-// mean is large next to the spread (x - mean_hi is exact there), so the normalised value is within
-// a few ulp. The pass is memory-bound; float keeps it to 16 lanes per vector.
-void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_t groups, float eps, Activation act,
-                Tensor& y) {
-  assert(x.dtype() == DType::kF32 && x.is_contiguous() && y.is_contiguous() && x.numel() == y.numel());
-  assert(y.dtype() == DType::kF32 || y.dtype() == DType::kBF16);
-  assert(act == Activation::kNone || act == Activation::kSiLU);
-  const int64_t n = x.dim(0), c = x.dim(-1);
-  const int64_t pixels = x.numel() / (n * c);
-  assert(c % groups == 0);
-  const int64_t group_size = c / groups;
-  const std::vector<float> g = gamma.to_vector();
-  const std::vector<float> b = beta.to_vector();
-  const float* in = x.data<float>();
-  const bool bf16_out = y.dtype() == DType::kBF16;
+namespace {
 
-  // Per (image, channel): scale a and the group mean as mean_hi + mean_lo.
+// Per (image, channel) of a group norm: the scale a = gamma rstd and the group's mean as
+// mean_hi + mean_lo.
+struct GroupNormCoefficients {
+  std::vector<float> scale, mean_hi, mean_lo;
+};
+
+template <typename T>
+GroupNormCoefficients group_norm_coefficients(const T* in, int64_t n, int64_t pixels, int64_t c, int64_t groups,
+                                              float eps, const std::vector<float>& gamma) {
+  const int64_t group_size = c / groups;
   const size_t nc = static_cast<size_t>(n * c);
-  std::vector<float> channel_scale(nc), mean_hi(nc), mean_lo(nc);
+  GroupNormCoefficients k{std::vector<float>(nc), std::vector<float>(nc), std::vector<float>(nc)};
   for (int64_t img = 0; img < n; ++img) {
     const std::vector<Moments> moments = channel_moments(in + img * pixels * c, pixels, c);
     for (int64_t grp = 0; grp < groups; ++grp) {
@@ -132,25 +128,31 @@ void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_
       const float lo = static_cast<float>(group.mean - static_cast<double>(hi));
       for (int64_t ch = grp * group_size; ch < (grp + 1) * group_size; ++ch) {
         const size_t i = static_cast<size_t>(img * c + ch);
-        channel_scale[i] = static_cast<float>(static_cast<double>(g[ch]) * rstd);
-        mean_hi[i] = hi;
-        mean_lo[i] = lo;
+        k.scale[i] = static_cast<float>(static_cast<double>(gamma[ch]) * rstd);
+        k.mean_hi[i] = hi;
+        k.mean_lo[i] = lo;
       }
     }
   }
+  return k;
+}
 
-  // One loop per (activation, output dtype): a bf16 y is rounded in the same loop (through a row
-  // buffer it took 30% longer at [1, 512, 512, 128] with SiLU, a row being only 128 channels).
-  const bool silu_out = act == Activation::kSiLU;
+// y = ((x - mean_hi) - mean_lo) a + beta, then the activation, row by row. One loop per
+// (activation, output dtype): a bf16 y is rounded in the same loop (through a row buffer it took
+// 30% longer at [1, 512, 512, 128] with SiLU, a row being only 128 channels).
+template <typename T>
+void group_norm_rows(const T* in, int64_t n, int64_t pixels, int64_t c, const GroupNormCoefficients& k,
+                     const std::vector<float>& beta, bool silu_out, Tensor& y) {
+  const bool bf16_out = y.dtype() == DType::kBF16;
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < n * pixels; ++row) {
     const int64_t img = row / pixels;
-    const float* a = channel_scale.data() + img * c;
-    const float* hi = mean_hi.data() + img * c;
-    const float* lo = mean_lo.data() + img * c;
-    const float* bp = b.data();
-    const float* xr = in + row * c;
-    const auto normalised = [&](int64_t ch) { return ((xr[ch] - hi[ch]) - lo[ch]) * a[ch] + bp[ch]; };
+    const float* a = k.scale.data() + img * c;
+    const float* hi = k.mean_hi.data() + img * c;
+    const float* lo = k.mean_lo.data() + img * c;
+    const float* bp = beta.data();
+    const T* xr = in + row * c;
+    const auto normalised = [&](int64_t ch) { return ((widen(xr[ch]) - hi[ch]) - lo[ch]) * a[ch] + bp[ch]; };
     if (bf16_out) {
       uint16_t* yr = y.data<uint16_t>() + row * c;
       if (silu_out) {
@@ -170,6 +172,36 @@ void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_
         for (int64_t ch = 0; ch < c; ++ch) yr[ch] = normalised(ch);
       }
     }
+  }
+}
+
+}  // namespace
+
+// x, y: [N, HW, C] viewed as pixels of C channels; group g = channels [g Cg, (g+1) Cg); x f32 or
+// bf16 (widened exactly). Statistics in one pass over memory (channel_moments), merged per group in
+// double. Then y = ((x - mean_hi) - mean_lo) a[c] + beta[c] with a = gamma rstd, and the activation,
+// in float: the mean split into two floats keeps the digits that x - float(mean) would round away
+// when the mean is large next to the spread (x - mean_hi is exact there), so the normalised value
+// is within a few ulp. The pass is memory-bound; float keeps it to 16 lanes per vector.
+void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_t groups, float eps, Activation act,
+                Tensor& y) {
+  assert(x.dtype() == DType::kF32 || x.dtype() == DType::kBF16);
+  assert(x.is_contiguous() && y.is_contiguous() && x.numel() == y.numel());
+  assert(y.dtype() == DType::kF32 || y.dtype() == DType::kBF16);
+  assert(x.dtype() == DType::kF32 || x.raw_data() != y.raw_data());
+  assert(act == Activation::kNone || act == Activation::kSiLU);
+  const int64_t n = x.dim(0), c = x.dim(-1);
+  const int64_t pixels = x.numel() / (n * c);
+  assert(c % groups == 0);
+  const std::vector<float> g = gamma.to_vector();
+  const std::vector<float> b = beta.to_vector();
+  const bool silu_out = act == Activation::kSiLU;
+  if (x.dtype() == DType::kBF16) {
+    const uint16_t* in = x.data<uint16_t>();
+    group_norm_rows(in, n, pixels, c, group_norm_coefficients(in, n, pixels, c, groups, eps, g), b, silu_out, y);
+  } else {
+    const float* in = x.data<float>();
+    group_norm_rows(in, n, pixels, c, group_norm_coefficients(in, n, pixels, c, groups, eps, g), b, silu_out, y);
   }
 }
 
