@@ -73,8 +73,9 @@ struct Conv2dExtras {
 class Conv2d {
  public:
   virtual ~Conv2d() = default;
-  // x: [N, H, W, Cin], f32 or the backend's operand dtype; y: [N, Ho, Wo, Cout] f32 with
-  // Ho = params().out_height(H, k), Wo = params().out_width(W, k).
+  // x: [N, H, W, Cin], f32 or the backend's operand dtype; y: [N, Ho, Wo, Cout] with
+  // Ho = params().out_height(H, k), Wo = params().out_width(W, k), f32, or the operand dtype where
+  // there is no residual (the result rounded once).
   virtual void run(const Tensor& x, Tensor& y, const Conv2dExtras& extras = {}) = 0;
   // y = this convolution of x upsampled 2x by nearest neighbour (each pixel repeated 2x2), as
   // diffusers' Upsample2D: x [N, H, W, Cin] (f32), y as run() gives for a [N, 2H, 2W, Cin] input.
@@ -123,8 +124,8 @@ class Backend {
   virtual void matmul(const Tensor& a, const Tensor& b, Tensor& y, bool transpose_b = false, float alpha = 1.0f) = 0;
 
   // Group norm over NHWC x: [N, H, W, C] (f32 or operand_dtype()), C divisible by `groups`; gamma,
-  // beta: [C] f32. The activation (none or SiLU) is fused. y: f32 (may alias an f32 x) or
-  // operand_dtype().
+  // beta: [C] f32. The activation (none or SiLU) is fused. y: f32 or operand_dtype(); it may alias
+  // an x of its dtype.
   virtual void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_t groups, float eps,
                           Activation activation, Tensor& y) = 0;
   // Layer norm over the last dim of x: [..., C]; gamma, beta: [C] f32. y: f32 (may alias x) or

@@ -64,15 +64,17 @@ Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor& silu_temb, BufferPo
     time_emb_proj_->run(silu_temb, time_bias);
     conv1_extras.extra_bias = time_bias.reshape({out});
   }
-  // The convolutions' inputs are written in the backend's operand dtype (bf16 in bf16 compute).
+  // The convolutions' inputs are written in the backend's operand dtype (bf16 in bf16 compute), and
+  // so is conv1's output where the options ask.
   const DType operand = backend.operand_dtype();
-  Tensor h = empty_activation(pool, with_channels(x, out));  // [N, H, W, out]
+  Tensor h = empty_activation(pool, with_channels(x, out), options_.operand_hidden ? operand : DType::kF32);
   {
     Tensor normed = empty_activation(pool, x.shape(), operand);  // [N, H, W, in], freed once conv1 has read it
     backend.group_norm(x, norm1_.gamma, norm1_.beta, options_.groups, options_.eps, Activation::kSiLU, normed);
     conv1_->run(normed, h, conv1_extras);
   }
-  // silu(norm2(h)): in place in f32; else into an operand copy, and conv1's f32 output is freed.
+  // silu(norm2(h)): in place where h is in the operand dtype; else into an operand copy, and conv1's
+  // f32 output is freed.
   Tensor h_normed = operand == h.dtype() ? h : empty_activation(pool, h.shape(), operand);
   backend.group_norm(h, norm2_.gamma, norm2_.beta, options_.groups, options_.eps, Activation::kSiLU, h_normed);
   h = Tensor();

@@ -33,6 +33,11 @@ class ResnetBlock2D {
     int64_t groups = 32;
     float eps = 1e-5f;
     float output_scale_factor = 1.0f;
+    // conv1's output (which only norm2 reads) in the backend's operand dtype (bf16 in bf16 compute)
+    // rather than f32: for the VAE, whose 67-134 MB activations at 512 px make the traffic count and
+    // whose errors go once into 8-bit pixels. The UNet keeps f32 there: its errors compound over
+    // the denoising steps.
+    bool operand_hidden = false;
   };
   // Weights under `prefix.`: norm1, conv1, [time_emb_proj], norm2, conv2, [conv_shortcut].
   static base::Result<ResnetBlock2D> load(WeightLoader& load, const std::string& prefix, const Options& options);
@@ -88,10 +93,10 @@ class Upsample2D {
 class Transformer2DModel {
  public:
   struct Options {
-    int64_t channels = 0;             // in = inner = out channels (heads * head_dim)
+    int64_t channels = 0;  // in = inner = out channels (heads * head_dim)
     int64_t heads = 8;
     int64_t cross_attention_dim = 768;
-    int64_t layers = 1;               // transformer_layers_per_block
+    int64_t layers = 1;  // transformer_layers_per_block
     int64_t groups = 32;
     bool use_linear_projection = false;
   };

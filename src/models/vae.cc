@@ -144,8 +144,10 @@ struct MidBlock {
                                int64_t channels, const AutoencoderKLConfig& config) {
     MidBlock block;
     for (int j = 0; j < 2; ++j) {
-      SD_ASSIGN_OR_RETURN(ResnetBlock2D r, ResnetBlock2D::load(load, prefix + ".resnets." + std::to_string(j),
-                                                               {channels, channels, 0, config.norm_num_groups, kEps}));
+      SD_ASSIGN_OR_RETURN(ResnetBlock2D r,
+                          ResnetBlock2D::load(load, prefix + ".resnets." + std::to_string(j),
+                                              {channels, channels, 0, config.norm_num_groups, kEps, 1.0f,
+                                               /*operand_hidden=*/true}));
       block.resnets.push_back(std::move(r));
     }
     if (config.mid_block_add_attention) {
@@ -211,7 +213,7 @@ Result<std::unique_ptr<AutoencoderKL>> AutoencoderKL::create(const AutoencoderKL
   const int64_t latent = config.latent_channels, groups = config.norm_num_groups;
   const Conv2dParams same{1, 1}, pointwise{1, 0};
   auto resnet = [&](const std::string& prefix, int64_t in, int64_t out) {
-    return ResnetBlock2D::load(load, prefix, {in, out, 0, groups, kEps});
+    return ResnetBlock2D::load(load, prefix, {in, out, 0, groups, kEps, 1.0f, /*operand_hidden=*/true});
   };
 
   // Encoder: conv_in, down blocks channels[i - 1] -> channels[i] (halving but in the last block),

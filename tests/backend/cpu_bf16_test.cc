@@ -225,6 +225,41 @@ TEST(CpuBf16Conv2d, FusedExtras) {
   }
 }
 
+// A bf16 output (no residual) is the f32 output rounded once, to nearest even: on a convolution in
+// one part, on one in four parts of 320 input channels (which add up in f32 before the rounding),
+// with the bias, the time embedding and an activation.
+TEST(CpuBf16Conv2d, Bf16OutputIsTheF32OneRounded) {
+  SKIP_WITHOUT_BF16();
+  const ConvCase cases[] = {{2, 12, 12, 64, 96, 3, 1, 1}, {1, 7, 6, 1280, 48, 3, 1, 1}};
+  uint64_t seed = 3150;
+  for (const ConvCase& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "Cin " << c.cin);
+    const float bound = 1.0f / std::sqrt(static_cast<float>(c.cin * 9));
+    const Tensor weight = random_tensor({c.cout, c.cin, 3, 3}, seed, -bound, bound);
+    const Tensor bias = random_tensor({c.cout}, seed + 1);
+    const Tensor x = random_tensor({c.n, c.h, c.w, c.cin}, seed + 2);
+    Conv2dExtras extras;
+    extras.extra_bias = random_tensor({c.cout}, seed + 3);
+    extras.activation = Activation::kSiLU;
+    std::unique_ptr<Conv2d> conv = bf16_backend()->make_conv2d(weight, bias, Conv2dParams{1, 1});
+    Tensor y_f32 = Tensor::empty({c.n, c.h, c.w, c.cout}), y_bf16 = Tensor::empty(y_f32.shape(), DType::kBF16);
+    conv->run(x, y_f32, extras);
+    conv->run(x, y_bf16, extras);
+    const std::vector<float> expected = y_f32.to(DType::kBF16).to(DType::kF32).to_vector();
+    const std::vector<float> actual = y_bf16.to(DType::kF32).to_vector();
+    // oneDNN may order a bf16-output kernel's f32 sums differently: the odd value on a rounding
+    // boundary may go one bf16 ulp the other way, no further.
+    int64_t off_by_an_ulp = 0;
+    for (size_t i = 0; i < actual.size(); ++i) {
+      if (actual[i] == expected[i]) continue;
+      EXPECT_LE(std::fabs(actual[i] - expected[i]), std::fabs(expected[i]) * 0x1p-7f) << "element " << i;
+      ++off_by_an_ulp;
+    }
+    EXPECT_LE(off_by_an_ulp, static_cast<int64_t>(actual.size()) / 100);
+    seed += 10;
+  }
+}
+
 // Conv2d::run_upsampled2x in bf16 against the f32 reference's upsample-then-convolve. The 2x2
 // taps are sums of the bf16 weights rounded again, so there is no exact oracle on rounded inputs:
 // only the loose bound, which a wrong or missing tap (O(0.1..1)) far exceeds.

@@ -79,7 +79,7 @@ TEST(CpuGroupNorm, LargeMeanOverManyBlocks) {
 }
 
 // A bf16 x (a bf16 layer's output) is normalised as its exact f32 value would be; into f32, and
-// into bf16 as that f32 result rounded.
+// into bf16 as that f32 result rounded, also in place.
 TEST(CpuGroupNorm, Bf16InputIsWidenedExactly) {
   const Shape shape{2, 24, 20, 128};
   const Tensor x = random_tensor(shape, 1060, -1.0f, 7.0f).to(DType::kBF16);
@@ -92,6 +92,9 @@ TEST(CpuGroupNorm, Bf16InputIsWidenedExactly) {
     cpu_backend().group_norm(x, gamma, beta, 32, 1e-5f, activation, y_bf16);
     EXPECT_LE(max_rel_diff(y_cpu, y_ref), kNormTolerance);
     EXPECT_EQ(y_bf16.to(DType::kF32).to_vector(), y_cpu.to(DType::kBF16).to(DType::kF32).to_vector());
+    Tensor in_place = x.to(DType::kBF16);  // a copy of x, normalised over itself
+    cpu_backend().group_norm(in_place, gamma, beta, 32, 1e-5f, activation, in_place);
+    EXPECT_EQ(in_place.to(DType::kF32).to_vector(), y_bf16.to(DType::kF32).to_vector());
   }
 }
 

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "backend/cpu/cpu_internal.h"
@@ -144,32 +145,46 @@ template <typename T>
 void group_norm_rows(const T* in, int64_t n, int64_t pixels, int64_t c, const GroupNormCoefficients& k,
                      const std::vector<float>& beta, bool silu_out, Tensor& y) {
   const bool bf16_out = y.dtype() == DType::kBF16;
-#pragma omp parallel for schedule(static)
-  for (int64_t row = 0; row < n * pixels; ++row) {
-    const int64_t img = row / pixels;
-    const float* a = k.scale.data() + img * c;
-    const float* hi = k.mean_hi.data() + img * c;
-    const float* lo = k.mean_lo.data() + img * c;
-    const float* bp = beta.data();
-    const T* xr = in + row * c;
-    const auto normalised = [&](int64_t ch) { return ((widen(xr[ch]) - hi[ch]) - lo[ch]) * a[ch] + bp[ch]; };
-    if (bf16_out) {
-      uint16_t* yr = y.data<uint16_t>() + row * c;
-      if (silu_out) {
-#pragma omp simd
-        for (int64_t ch = 0; ch < c; ++ch) yr[ch] = to_bf16(silu(normalised(ch)));
+#pragma omp parallel
+  {
+    // A bf16 row is widened into f32 first: the loops below then vectorise as for an f32 x (in one
+    // loop with the SiLU, GCC made it 20% slower than f32), also where y is x itself.
+    std::vector<float> widened(std::is_same_v<T, float> ? 0 : static_cast<size_t>(c));
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < n * pixels; ++row) {
+      const int64_t img = row / pixels;
+      const float* a = k.scale.data() + img * c;
+      const float* hi = k.mean_hi.data() + img * c;
+      const float* lo = k.mean_lo.data() + img * c;
+      const float* bp = beta.data();
+      const float* xr = nullptr;
+      if constexpr (std::is_same_v<T, float>) {
+        xr = in + row * c;
       } else {
+        const T* source = in + row * c;
 #pragma omp simd
-        for (int64_t ch = 0; ch < c; ++ch) yr[ch] = to_bf16(normalised(ch));
+        for (int64_t ch = 0; ch < c; ++ch) widened[static_cast<size_t>(ch)] = widen(source[ch]);
+        xr = widened.data();
       }
-    } else {
-      float* yr = y.data<float>() + row * c;
-      if (silu_out) {
+      const auto normalised = [&](int64_t ch) { return ((xr[ch] - hi[ch]) - lo[ch]) * a[ch] + bp[ch]; };
+      if (bf16_out) {
+        uint16_t* yr = y.data<uint16_t>() + row * c;
+        if (silu_out) {
 #pragma omp simd
-        for (int64_t ch = 0; ch < c; ++ch) yr[ch] = silu(normalised(ch));
+          for (int64_t ch = 0; ch < c; ++ch) yr[ch] = to_bf16(silu(normalised(ch)));
+        } else {
+#pragma omp simd
+          for (int64_t ch = 0; ch < c; ++ch) yr[ch] = to_bf16(normalised(ch));
+        }
       } else {
+        float* yr = y.data<float>() + row * c;
+        if (silu_out) {
 #pragma omp simd
-        for (int64_t ch = 0; ch < c; ++ch) yr[ch] = normalised(ch);
+          for (int64_t ch = 0; ch < c; ++ch) yr[ch] = silu(normalised(ch));
+        } else {
+#pragma omp simd
+          for (int64_t ch = 0; ch < c; ++ch) yr[ch] = normalised(ch);
+        }
       }
     }
   }
@@ -188,7 +203,7 @@ void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_
   assert(x.dtype() == DType::kF32 || x.dtype() == DType::kBF16);
   assert(x.is_contiguous() && y.is_contiguous() && x.numel() == y.numel());
   assert(y.dtype() == DType::kF32 || y.dtype() == DType::kBF16);
-  assert(x.dtype() == DType::kF32 || x.raw_data() != y.raw_data());
+  assert(x.raw_data() != y.raw_data() || x.dtype() == y.dtype());  // in place only in one dtype
   assert(act == Activation::kNone || act == Activation::kSiLU);
   const int64_t n = x.dim(0), c = x.dim(-1);
   const int64_t pixels = x.numel() / (n * c);

@@ -109,9 +109,17 @@ class OneDnnConv2d final : public Conv2d {
     }
   }
 
-  // x: [N, H, W, Cin]; y: [N, Ho, Wo, Cout].
+  // x: [N, H, W, Cin]; y: [N, Ho, Wo, Cout], f32, or bf16 in bf16 compute without a residual.
   void run(const Tensor& x, Tensor& y, const Conv2dExtras& extras) override {
-    assert(x.is_contiguous() && y.dtype() == DType::kF32 && y.is_contiguous());
+    assert(x.is_contiguous() && y.is_contiguous());
+    assert(y.dtype() == DType::kF32 || (y.dtype() == compute_ && !extras.residual.defined()));
+    if (y.dtype() != DType::kF32 && parts_ > 1) {
+      // The parts add up in dst, which must hold f32 for that: into an f32 y, then rounded once.
+      Tensor sum = Tensor::empty(y.shape());
+      run(x, sum, extras);
+      convert_to_bf16(sum.data<float>(), y.data<uint16_t>(), y.numel());
+      return;
+    }
     assert(x.raw_data() != y.raw_data());  // the parts read x after the first has written y
     assert(x.rank() == 4 && x.dim(3) == in_channels_ && y.dim(3) == out_channels_);
     const int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2);
@@ -125,7 +133,7 @@ class OneDnnConv2d final : public Conv2d {
       const bool binary = !in_place && extras.residual_scale == 1.0f && compute_ == DType::kBF16;
       wanted = binary ? Residual::kBinary : Residual::kSum;
     }
-    const Entry& entry = find_or_create(n, h, w, wanted, extras.residual_scale, extras.activation);
+    const Entry& entry = find_or_create(n, h, w, wanted, extras.residual_scale, extras.activation, y.dtype());
 
     // bias + extra_bias (the time embedding) into scratch: one small vector per call.
     const float* bias = bias_.data();
@@ -175,6 +183,14 @@ class OneDnnConv2d final : public Conv2d {
   // parity (row 2i + a, column 2j + b), input rows i - 1 + a .. i + a and columns j - 1 + b ..
   // j + b only: a 2x2 convolution on x, whose taps are sums of the 3x3 taps over the upsampled
   // pixels that repeat the same input pixel. The four run into `scratch` and are interleaved into y.
+  //
+  // Measured slower everywhere: per row parity ONE 2x3 convolution (columns j - 1 .. j + 1) with
+  // both column parities as 2 Cout output channels, 2 convolutions at 1.5x the FLOPs, whose output
+  // rows are y's rows as they stand. 1 thread, ms, four 2x2 / two 2x3, reused buffers, by x: bf16
+  // VAE [1,256,256,256] 205 / 214, [1,128,128,512] 125 / 154, [1,64,64,512] 32 / 40, UNet
+  // [2,16,16,1280] 23 / 34, [2,32,32,640] 21 / 28; f32 1.4-1.5x slower (compute-bound): the 2x3 way
+  // gains only 1.0-1.45x in FLOP rate. A dst with strides that would put its rows straight into
+  // y's makes oneDNN 2.6 leave brgconv for ref:any.
   void run_upsampled2x(const Tensor& x, Tensor& y, Tensor& scratch) override {
     assert(x.dtype() == DType::kF32 && x.is_contiguous() && x.dim(3) == in_channels_);
     const int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2);
@@ -268,6 +284,7 @@ class OneDnnConv2d final : public Conv2d {
     Residual residual;  // what the first part does: kSum where kBinary was wanted but not supported
     float residual_scale;
     Activation activation;
+    DType output;  // y's dtype
     std::vector<Stage> stages;
   };
 
@@ -288,11 +305,11 @@ class OneDnnConv2d final : public Conv2d {
   }
 
   const Entry& find_or_create(int64_t n, int64_t h, int64_t w, Residual wanted, float residual_scale,
-                              Activation activation) {
+                              Activation activation, DType output) {
     if (wanted == Residual::kNone) residual_scale = 1.0f;  // irrelevant without a residual: no cache split
     for (const Entry& e : entries_) {
       if (e.n == n && e.h == h && e.w == w && e.wanted == wanted && e.residual_scale == residual_scale &&
-          e.activation == activation) {
+          e.activation == activation && e.output == output) {
         return e;
       }
     }
@@ -302,8 +319,8 @@ class OneDnnConv2d final : public Conv2d {
     const memory::desc src = plain_desc(compute_, {n, part_channels, h, w}, tag::nhwc);
     const memory::desc weights = plain_desc(compute_, {out_channels_, part_channels, k, k}, tag::any);
     const memory::desc bias = plain_desc(DType::kF32, {out_channels_}, tag::x);
-    const memory::desc dst = plain_desc(DType::kF32, {n, out_channels_, ho, wo}, tag::nhwc);
-    Entry entry{n, h, w, wanted, wanted, residual_scale, activation, {}};
+    const memory::desc dst = plain_desc(output, {n, out_channels_, ho, wo}, tag::nhwc);
+    Entry entry{n, h, w, wanted, wanted, residual_scale, activation, output, {}};
     for (int64_t part = 0; part < parts_; ++part) {
       // The first part adds the bias and the residual (scaled, in dst already, or read by a binary
       // post-op), later parts add onto dst, and the last applies the activation.
