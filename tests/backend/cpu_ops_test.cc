@@ -8,6 +8,7 @@
 //  - attention 1e-5: f32 sums over D (scores) and Lk (P v) around an f32 softmax, fused (flash: an
 //    online softmax over key tiles) or as two oneDNN matmuls;
 //  - add, mul, scale, upsample, concat: exact (0), the same single f32 operation or a copy.
+#include <algorithm>
 #include <cmath>
 
 #include "backend/backend.h"
@@ -76,6 +77,26 @@ TEST(CpuGroupNorm, LargeMeanOverManyBlocks) {
     cpu_backend().group_norm(x, gamma, beta, 32, 1e-6f, activation, y_cpu);
     EXPECT_LE(max_rel_diff(y_cpu, y_ref), kNormTolerance);
   }
+}
+
+// The fused SiLU over its whole range: scaled by gamma up to 120, the normalised values reach
+// beyond -87 (where e^-x would overflow f32) and +88; into f32 and bf16, with a channel tail (C = 40).
+TEST(CpuGroupNorm, SiLUOverTheWholeFloatRange) {
+  const Shape shape{1, 9, 11, 40};
+  const Tensor x = random_tensor(shape, 1070, -1.0f, 1.0f);
+  const Tensor gamma = random_tensor({40}, 1071, 60.0f, 120.0f);
+  const Tensor beta = random_tensor({40}, 1072);
+  Tensor y_ref = Tensor::empty(shape), y_cpu = Tensor::empty(shape), y_bf16 = Tensor::empty(shape, DType::kBF16);
+  reference_backend().group_norm(x, gamma, beta, 8, 1e-5f, Activation::kSiLU, y_ref);
+  cpu_backend().group_norm(x, gamma, beta, 8, 1e-5f, Activation::kSiLU, y_cpu);
+  cpu_backend().group_norm(x, gamma, beta, 8, 1e-5f, Activation::kSiLU, y_bf16);
+  Tensor normed = Tensor::empty(shape);  // before the SiLU
+  reference_backend().group_norm(x, gamma, beta, 8, 1e-5f, Activation::kNone, normed);
+  const std::vector<float> pre = normed.to_vector();
+  EXPECT_LT(*std::min_element(pre.begin(), pre.end()), -87.0f);
+  EXPECT_GT(*std::max_element(pre.begin(), pre.end()), 88.0f);
+  EXPECT_LE(max_rel_diff(y_cpu, y_ref), kNormTolerance);
+  EXPECT_EQ(y_bf16.to(DType::kF32).to_vector(), y_cpu.to(DType::kBF16).to(DType::kF32).to_vector());
 }
 
 // A bf16 x (a bf16 layer's output) is normalised as its exact f32 value would be; into f32, and

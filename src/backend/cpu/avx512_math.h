@@ -1,4 +1,5 @@
-// AVX-512 math shared by the attention kernels: 2^t on 16 lanes for the online softmax.
+// AVX-512 math on 16 lanes: 2^t for the attention kernels' online softmax, SiLU and the bf16
+// rounding for the group norm.
 #pragma once
 
 #if defined(__AVX512F__)
@@ -6,9 +7,9 @@
 
 namespace sdstack::backend::cpu {
 
-// All 16 lanes. GCC 12's unmasked forms of max, shuffle, permute, roundscale and scalef start from
-// _mm512_undefined_ps, which it reports as maybe-uninitialized; the all-lanes maskz forms compile
-// the same.
+// All 16 lanes. GCC 12's unmasked forms of max, min, shuffle, permute, roundscale, scalef, rcp14 and
+// several integer ops start from _mm512_undefined_*, which it reports as maybe-uninitialized; the
+// all-lanes maskz forms compile the same.
 constexpr __mmask16 kAll = 0xffff;
 
 // 2^t in the `valid` lanes (0 in the others, whose t may be anything, -inf included), for t <= 0
@@ -29,6 +30,31 @@ inline __m512 exp2_16(__mmask16 valid, __m512 t) {
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9315131190e-1f));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
   return _mm512_maskz_scalef_ps(valid, p, t);
+}
+
+// x sigmoid(x) = x / (1 + 2^(-x log2 e)): the power by exp2_16 (its exponent capped at 126, so that
+// the denominator stays finite where x < -87 and silu is -0 to f32 precision anyway), the division
+// as vrcp14ps refined by one Newton step (within ~2 ulp, like vec_math.h's silu; a vdivps would
+// take as long as all the rest of a group norm's normalise-and-SiLU loop).
+inline __m512 silu_16(__m512 x) {
+  const __m512 t =
+      _mm512_maskz_min_ps(kAll, _mm512_mul_ps(x, _mm512_set1_ps(-1.44269504088896341f)), _mm512_set1_ps(126.0f));
+  const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), exp2_16(kAll, t));
+  __m512 r = _mm512_maskz_rcp14_ps(kAll, d);
+  r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);  // r (2 - d r)
+  return _mm512_mul_ps(x, r);
+}
+
+// x rounded to bf16, nearest even, NaN kept quiet, as vec_math.h's to_bf16 (no AVX512-BF16 needed).
+inline __m256i to_bf16_16(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i lsb = _mm512_maskz_and_epi32(kAll, _mm512_maskz_srli_epi32(kAll, bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_maskz_srli_epi32(
+      kAll, _mm512_maskz_add_epi32(kAll, bits, _mm512_maskz_add_epi32(kAll, lsb, _mm512_set1_epi32(0x7fff))), 16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_maskz_and_epi32(kAll, bits, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  const __m512i quiet = _mm512_maskz_or_epi32(kAll, _mm512_maskz_srli_epi32(kAll, bits, 16), _mm512_set1_epi32(0x40));
+  return _mm512_maskz_cvtepi32_epi16(kAll, _mm512_mask_blend_epi32(nan, rounded, quiet));
 }
 
 }  // namespace sdstack::backend::cpu

@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
-#include <type_traits>
 #include <vector>
 
+#include "backend/cpu/avx512_math.h"
 #include "backend/cpu/cpu_internal.h"
 #include "backend/cpu/vec_math.h"
 
@@ -147,9 +147,11 @@ void group_norm_rows(const T* in, int64_t n, int64_t pixels, int64_t c, const Gr
   const bool bf16_out = y.dtype() == DType::kBF16;
 #pragma omp parallel
   {
-    // A bf16 row is widened into f32 first: the loops below then vectorise as for an f32 x (in one
-    // loop with the SiLU, GCC made it 20% slower than f32), also where y is x itself.
-    std::vector<float> widened(std::is_same_v<T, float> ? 0 : static_cast<size_t>(c));
+    // Each row is first copied (a bf16 one widened) into this f32 buffer in L1, and normalised from
+    // there: that is also right where y is x itself, and measured faster than reading x in the
+    // normalising loop, for f32 too (at [1, 512, 512, 128] with SiLU into bf16, 1 thread: f32 x
+    // 42 -> 39 ms, bf16 x 48 -> 30 ms, with silu_16).
+    std::vector<float> widened(static_cast<size_t>(c));
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < n * pixels; ++row) {
       const int64_t img = row / pixels;
@@ -157,16 +159,28 @@ void group_norm_rows(const T* in, int64_t n, int64_t pixels, int64_t c, const Gr
       const float* hi = k.mean_hi.data() + img * c;
       const float* lo = k.mean_lo.data() + img * c;
       const float* bp = beta.data();
-      const float* xr = nullptr;
-      if constexpr (std::is_same_v<T, float>) {
-        xr = in + row * c;
-      } else {
-        const T* source = in + row * c;
+      const T* source = in + row * c;
 #pragma omp simd
-        for (int64_t ch = 0; ch < c; ++ch) widened[static_cast<size_t>(ch)] = widen(source[ch]);
-        xr = widened.data();
-      }
+      for (int64_t ch = 0; ch < c; ++ch) widened[static_cast<size_t>(ch)] = widen(source[ch]);
+      const float* xr = widened.data();
       const auto normalised = [&](int64_t ch) { return ((xr[ch] - hi[ch]) - lo[ch]) * a[ch] + bp[ch]; };
+#if defined(__AVX512F__)
+      if (silu_out) {  // explicit vectors: see silu_16
+        for (int64_t ch = 0; ch < c; ch += 16) {
+          const __mmask16 m = c - ch >= 16 ? kAll : static_cast<__mmask16>((1u << (c - ch)) - 1);
+          const __m512 v = _mm512_fmadd_ps(
+              _mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xr + ch), _mm512_maskz_loadu_ps(m, hi + ch)),
+                            _mm512_maskz_loadu_ps(m, lo + ch)),
+              _mm512_maskz_loadu_ps(m, a + ch), _mm512_maskz_loadu_ps(m, bp + ch));
+          if (bf16_out) {
+            _mm256_mask_storeu_epi16(y.data<uint16_t>() + row * c + ch, m, to_bf16_16(silu_16(v)));
+          } else {
+            _mm512_mask_storeu_ps(y.data<float>() + row * c + ch, m, silu_16(v));
+          }
+        }
+        continue;
+      }
+#endif
       if (bf16_out) {
         uint16_t* yr = y.data<uint16_t>() + row * c;
         if (silu_out) {
