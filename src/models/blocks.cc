@@ -51,6 +51,7 @@ Result<ResnetBlock2D> ResnetBlock2D::load(WeightLoader& load, const std::string&
 Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor& silu_temb, BufferPool* pool) const {
   Backend& backend = *backend_;
   const int64_t out = options_.out_channels;
+  assert(x.dtype() == DType::kF32 || (conv_shortcut_ != nullptr && x.dtype() == backend.operand_dtype()));
   // Each buffer lives only while it is needed: the VAE decoder runs these blocks on
   // [1, 512, 512, 256] activations (268 MB each in f32), so every one held past its last use
   // adds to the peak memory of a 512x512 decode.
@@ -152,10 +153,11 @@ void resize_nearest(const Tensor& x, Tensor& y) {
 
 }  // namespace
 
-Tensor Upsample2D::forward(const Tensor& x, int64_t out_height, int64_t out_width, BufferPool* pool) const {
+Tensor Upsample2D::forward(const Tensor& x, int64_t out_height, int64_t out_width, BufferPool* pool,
+                           DType output) const {
   // x: [N, H, W, C] -> up: [N, out_height, out_width, C] -> conv -> same shape. Exactly 2x, the
   // backend fuses the two (Conv2d::run_upsampled2x); other sizes are resized here first.
-  Tensor y = empty_activation(pool, {x.dim(0), out_height, out_width, x.dim(3)});
+  Tensor y = empty_activation(pool, {x.dim(0), out_height, out_width, x.dim(3)}, output);
   if (out_height == 2 * x.dim(1) && out_width == 2 * x.dim(2)) {
     Tensor scratch = empty_activation(pool, y.shape());
     conv_->run_upsampled2x(x, y, scratch);

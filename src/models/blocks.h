@@ -44,10 +44,12 @@ class ResnetBlock2D {
 
   // x: [N, H, W, in]; silu_temb: silu(temb) as [1, temb_channels], one timestep shared by the batch,
   // or undefined when the block has no time embedding. Returns [N, H, W, out]. With a pool, the
-  // output and the scratch come from it.
+  // output and the scratch come from it. x is f32, or in the backend's operand dtype where the block
+  // has a shortcut conv (then only norm1 and the shortcut read it, not the residual sum).
   Tensor forward(const Tensor& x, const Tensor& silu_temb, BufferPool* pool = nullptr) const;
 
   int64_t out_channels() const { return options_.out_channels; }
+  bool has_shortcut_conv() const { return conv_shortcut_ != nullptr; }
 
  private:
   Backend* backend_ = nullptr;
@@ -76,8 +78,10 @@ class Upsample2D {
   static base::Result<Upsample2D> load(WeightLoader& load, const std::string& prefix, int64_t channels);
   // x: [N, H, W, C] -> [N, out_height, out_width, C]. Exactly 2x unless the UNet asks for the size of
   // an odd-sized skip connection (diffusers' `upsample_size`); torch's nearest rule then picks rows.
-  // With a pool, the output and the scratch come from it.
-  Tensor forward(const Tensor& x, int64_t out_height, int64_t out_width, BufferPool* pool = nullptr) const;
+  // With a pool, the output and the scratch come from it. The output is f32, or `output` (the
+  // backend's operand dtype) where the caller's next block only normalises and convolves it.
+  Tensor forward(const Tensor& x, int64_t out_height, int64_t out_width, BufferPool* pool = nullptr,
+                 tensor::DType output = tensor::DType::kF32) const;
 
  private:
   Backend* backend_ = nullptr;

@@ -301,9 +301,17 @@ Result<Tensor> AutoencoderKL::decode(const Tensor& latents) {
   Tensor h = Tensor::empty({batch, z.dim(1), z.dim(2), config_.block_out_channels.back()});
   decoder.conv_in->run(z, h);
   h = decoder.mid_block->forward(h, &pool);
-  for (const ResampleBlock& block : decoder.up_blocks) {
+  for (size_t i = 0; i < decoder.up_blocks.size(); ++i) {
+    const ResampleBlock& block = decoder.up_blocks[i];
     for (const ResnetBlock2D& r : block.resnets) h = r.forward(h, Tensor(), &pool);
-    if (block.upsampler != nullptr) h = block.upsampler->forward(h, 2 * h.dim(1), 2 * h.dim(2), &pool);
+    if (block.upsampler == nullptr) continue;
+    // Where the next block starts with a shortcut conv (its channels change), the upsampled h is only
+    // normalised and convolved, each of which reads bf16 anyway: it is written in the operand dtype
+    // (half the memory traffic of the largest tensors of a decode: [1, 512, 512, 256] at 512 px).
+    const bool to_operand = i + 1 < decoder.up_blocks.size() && !decoder.up_blocks[i + 1].resnets.empty() &&
+                            decoder.up_blocks[i + 1].resnets.front().has_shortcut_conv();
+    h = block.upsampler->forward(h, 2 * h.dim(1), 2 * h.dim(2), &pool,
+                                 to_operand ? backend_.operand_dtype() : DType::kF32);
   }
   // conv_out(silu(conv_norm_out(h))): [B, H, W, C0] -> [B, H, W, out]; the norm in place in f32,
   // else into an operand copy.

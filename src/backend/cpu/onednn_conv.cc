@@ -64,23 +64,22 @@ void gather_channels(const Tensor& x, int64_t first, int64_t count, DType comput
   }
 }
 
-// y[n, 2i + a, 2j + b] = parities[2a + b][n, i, j]: parities [4, N, H, W, C], y [N, 2H, 2W, C].
+// y[n, 2i + a, 2j + b] = parities[2a + b][n, i, j]: parities [4, N, H, W, C] f32, y [N, 2H, 2W, C]
+// f32 (copied) or bf16 (rounded, as to_bf16 rounds).
 void interleave_parities(const Tensor& parities, Tensor& y) {
   const int64_t n = parities.dim(1), h = parities.dim(2), w = parities.dim(3), c = parities.dim(4);
   assert(y.is_contiguous() && y.dim(0) == n && y.dim(1) == 2 * h && y.dim(2) == 2 * w && y.dim(3) == c);
   const float* in = parities.data<float>();
-  float* out = y.data<float>();
   const int64_t plane = n * h * w * c;
-  const size_t pixel_bytes = static_cast<size_t>(c) * sizeof(float);
 #pragma omp parallel for schedule(static)
   for (int64_t row = 0; row < n * 2 * h; ++row) {  // row = image * 2h + output row
     const int64_t image = row / (2 * h), i = (row % (2 * h)) / 2, a = row % 2;
     const float* even = in + (2 * a) * plane + ((image * h + i) * w) * c;  // parity (a, 0)
     const float* odd = even + plane;                                       // parity (a, 1)
-    float* dst = out + row * 2 * w * c;
+    const int64_t at = row * 2 * w * c;
     for (int64_t j = 0; j < w; ++j) {
-      std::memcpy(dst + (2 * j) * c, even + j * c, pixel_bytes);
-      std::memcpy(dst + (2 * j + 1) * c, odd + j * c, pixel_bytes);
+      write_row(even + j * c, y, at + (2 * j) * c, c);
+      write_row(odd + j * c, y, at + (2 * j + 1) * c, c);
     }
   }
 }
@@ -193,6 +192,7 @@ class OneDnnConv2d final : public Conv2d {
   // y's makes oneDNN 2.6 leave brgconv for ref:any.
   void run_upsampled2x(const Tensor& x, Tensor& y, Tensor& scratch) override {
     assert(x.dtype() == DType::kF32 && x.is_contiguous() && x.dim(3) == in_channels_);
+    assert(y.dtype() == DType::kF32 || y.dtype() == compute_);
     const int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2);
     if (!splits_by_parity()) {
       Tensor up = Tensor::empty({n, 2 * h, 2 * w, in_channels_}, compute_);
