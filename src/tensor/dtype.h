@@ -30,14 +30,18 @@ inline float bf16_to_f32(uint16_t b) {
 inline uint16_t f32_to_bf16(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, 4);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
+  const uint32_t quiet_nan = (bits >> 16) | 0x40u;
+  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+  // A select rather than an early return for NaN, so that loops over it vectorise.
+  return static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
 
 // Converts `count` elements from `src` (of type `from`) to f32 in `dst`.
 void convert_to_f32(const void* src, DType from, float* dst, size_t count);
 // Converts `count` f32 elements to `to` in `dst`.
 void convert_from_f32(const float* src, void* dst, DType to, size_t count);
+// Converts `count` elements of any dtype to any other (f16 <-> bf16 through f32, as if by the two
+// conversions above).
+void convert(const void* src, DType from, void* dst, DType to, size_t count);
 
 }  // namespace sdstack::tensor

@@ -150,9 +150,12 @@ void for_each_offset(const Shape& shape, const Shape& strides, Fn fn) {
 
 float load_as_f32(const void* base, DType dtype, int64_t offset) {
   switch (dtype) {
-    case DType::kF32: return static_cast<const float*>(base)[offset];
-    case DType::kF16: return f16_to_f32(static_cast<const uint16_t*>(base)[offset]);
-    case DType::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(base)[offset]);
+    case DType::kF32:
+      return static_cast<const float*>(base)[offset];
+    case DType::kF16:
+      return f16_to_f32(static_cast<const uint16_t*>(base)[offset]);
+    case DType::kBF16:
+      return bf16_to_f32(static_cast<const uint16_t*>(base)[offset]);
   }
   return 0.0f;
 }
@@ -199,14 +202,8 @@ void Tensor::copy_from(const Tensor& src) {
     return;
   }
   if (src.is_contiguous()) {
-    if (dtype_ == DType::kF32) {
-      convert_to_f32(src.raw_data(), src.dtype_, data<float>(), static_cast<size_t>(numel()));
-      return;
-    }
-    if (src.dtype_ == DType::kF32) {
-      convert_from_f32(src.data<float>(), raw_data(), dtype_, static_cast<size_t>(numel()));
-      return;
-    }
+    convert(src.raw_data(), src.dtype_, raw_data(), dtype_, static_cast<size_t>(numel()));
+    return;
   }
   std::vector<float> values = src.to_vector();
   convert_from_f32(values.data(), raw_data(), dtype_, values.size());
