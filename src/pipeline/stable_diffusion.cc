@@ -237,12 +237,9 @@ Result<GenerateResult> StableDiffusionPipeline::generate(const GenerateRequest& 
       noise_pred = guided;
     }
     latents = scheduler->step(noise_pred, i, latents, &generator);
-    // The first call made the backend reorder every layer's weights into a new buffer and free
-    // the plain copy it kept since loading: holes all over the heap that later steps (which
-    // allocate the same activations every time) fill only in part. Handing their pages back
-    // lowers what the remaining steps hold (by about 250 MB for SD 1.5 at 512x512 in bf16); the
-    // first call's own peak stays.
-    if (i == 0) malloc_trim(0);
+    // (No malloc_trim after the first call, whose weight reorders leave holes in the heap: it
+    // lowered what later steps hold by ~250 MB but not the peak, which that first call sets, and
+    // handed back the activations' pages too, which the second step then faulted in again: +0.2 s.)
     spent.step_s.push_back(stopwatch.lap());
     if (on_step) on_step(StepInfo{static_cast<int>(i) + 1, total, &unet_output, &latents});
     stopwatch.restart();  // the callback's time (a progress bar, a test's checks) is not the loop's
