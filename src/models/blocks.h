@@ -97,10 +97,10 @@ class Upsample2D {
 class Transformer2DModel {
  public:
   struct Options {
-    int64_t channels = 0;  // in = inner = out channels (heads * head_dim)
+    int64_t channels = 0;             // in = inner = out channels (heads * head_dim)
     int64_t heads = 8;
     int64_t cross_attention_dim = 768;
-    int64_t layers = 1;  // transformer_layers_per_block
+    int64_t layers = 1;               // transformer_layers_per_block
     int64_t groups = 32;
     bool use_linear_projection = false;
   };

@@ -48,8 +48,8 @@ struct GenerateResult {
 
 // What the pipeline reports after each denoising step (one UNet call and one scheduler step).
 struct StepInfo {
-  int done = 0;                         // steps done, 1-based
-  int total = 0;                        // steps in all
+  int done = 0;   // steps done, 1-based
+  int total = 0;  // steps in all
   const Tensor* unet_output = nullptr;  // the UNet's raw output, NCHW; with guidance [uncond..., cond...]
   const Tensor* latents = nullptr;      // the latents after the step, NCHW
 };

@@ -11,12 +11,9 @@ namespace sdstack::tensor {
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::kF32:
-      return "f32";
-    case DType::kF16:
-      return "f16";
-    case DType::kBF16:
-      return "bf16";
+    case DType::kF32: return "f32";
+    case DType::kF16: return "f16";
+    case DType::kBF16: return "bf16";
   }
   return "?";
 }
@@ -53,10 +50,10 @@ uint16_t f32_to_f16(float f) {
   std::memcpy(&bits, &f, 4);
   uint32_t sign = (bits >> 16) & 0x8000u;
   uint32_t magnitude = bits & 0x7fffffffu;
-  if (magnitude > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN
+  if (magnitude > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
   if (magnitude >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
-  if (magnitude < 0x38800000u) {                                               // result is subnormal or zero
-    if (magnitude < 0x33000000u) return static_cast<uint16_t>(sign);           // below half the smallest subnormal
+  if (magnitude < 0x38800000u) {  // result is subnormal or zero
+    if (magnitude < 0x33000000u) return static_cast<uint16_t>(sign);  // below half the smallest subnormal
     uint32_t exponent = magnitude >> 23;
     uint32_t mantissa = (magnitude & 0x7fffffu) | 0x800000u;
     uint32_t shift = 126 - exponent;  // 14 + (112 - exponent) ... bits to drop to reach 10-bit subnormal
@@ -141,25 +138,20 @@ void convert(const void* src, DType from, void* dst, DType to, size_t count) {
   }
   if (to == DType::kF32) return convert_to_f32(src, from, static_cast<float*>(dst), count);
   if (from == DType::kF32) return convert_from_f32(static_cast<const float*>(src), dst, to, count);
-  // f16 <-> bf16 through f32, a run at a time in a buffer that stays in L1.
+  // f16 <-> bf16 (both 16 bits) through f32, a run at a time in a buffer that stays in L1.
   constexpr size_t kRun = 2048;
-  const size_t from_size = dtype_size(from), to_size = dtype_size(to);
 #pragma omp parallel for schedule(static) if (count > (1u << 16))
   for (size_t i = 0; i < count; i += kRun) {
     float run[kRun];
     const size_t n = std::min(kRun, count - i);
-    const char* in = static_cast<const char*>(src) + i * from_size;
-    char* out = static_cast<char*>(dst) + i * to_size;
+    const uint16_t* in = static_cast<const uint16_t*>(src) + i;
+    uint16_t* out = static_cast<uint16_t*>(dst) + i;
     if (from == DType::kF16) {
-      f16_run_to_f32(reinterpret_cast<const uint16_t*>(in), run, n);
+      f16_run_to_f32(in, run, n);
+      for (size_t k = 0; k < n; ++k) out[k] = f32_to_bf16(run[k]);
     } else {
-      for (size_t k = 0; k < n; ++k) run[k] = bf16_to_f32(reinterpret_cast<const uint16_t*>(in)[k]);
-    }
-    uint16_t* halves = reinterpret_cast<uint16_t*>(out);
-    if (to == DType::kBF16) {
-      for (size_t k = 0; k < n; ++k) halves[k] = f32_to_bf16(run[k]);
-    } else {
-      for (size_t k = 0; k < n; ++k) halves[k] = f32_to_f16(run[k]);
+      for (size_t k = 0; k < n; ++k) run[k] = bf16_to_f32(in[k]);
+      for (size_t k = 0; k < n; ++k) out[k] = f32_to_f16(run[k]);
     }
   }
 }

@@ -150,12 +150,9 @@ void for_each_offset(const Shape& shape, const Shape& strides, Fn fn) {
 
 float load_as_f32(const void* base, DType dtype, int64_t offset) {
   switch (dtype) {
-    case DType::kF32:
-      return static_cast<const float*>(base)[offset];
-    case DType::kF16:
-      return f16_to_f32(static_cast<const uint16_t*>(base)[offset]);
-    case DType::kBF16:
-      return bf16_to_f32(static_cast<const uint16_t*>(base)[offset]);
+    case DType::kF32: return static_cast<const float*>(base)[offset];
+    case DType::kF16: return f16_to_f32(static_cast<const uint16_t*>(base)[offset]);
+    case DType::kBF16: return bf16_to_f32(static_cast<const uint16_t*>(base)[offset]);
   }
   return 0.0f;
 }
@@ -197,11 +194,7 @@ float Tensor::at(const Shape& index) const {
 void Tensor::copy_from(const Tensor& src) {
   assert(src.shape_ == shape_);
   assert(is_contiguous());
-  if (src.dtype_ == dtype_ && src.is_contiguous()) {
-    std::memcpy(raw_data(), src.raw_data(), nbytes());
-    return;
-  }
-  if (src.is_contiguous()) {
+  if (src.is_contiguous()) {  // a copy where the dtypes match
     convert(src.raw_data(), src.dtype_, raw_data(), dtype_, static_cast<size_t>(numel()));
     return;
   }

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+
 #include <nlohmann/json.hpp>
 
 #include "io/npy.h"
@@ -24,11 +25,11 @@ namespace sdstack::models {
 namespace {
 
 using sdstack::testing::golden_dir;
+using sdstack::testing::read_json;
+using sdstack::testing::read_npy_checked;
 using sdstack::testing::have_golden;
 using sdstack::testing::max_abs_diff;
 using sdstack::testing::random_tensor;
-using sdstack::testing::read_json;
-using sdstack::testing::read_npy_checked;
 
 constexpr float kVAETolerance = 1e-4f;
 

@@ -1,13 +1,13 @@
 // Tests of the f16 and bf16 conversions: exhaustive round trips, known values, rounding edge cases.
 #include "tensor/dtype.h"
 
-#include <gtest/gtest.h>
-
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <vector>
+
+#include <gtest/gtest.h>
 
 namespace sdstack::tensor {
 namespace {
@@ -58,11 +58,11 @@ TEST(DType, F16KnownValues) {
   EXPECT_EQ(f16_to_f32(0x3c00), 1.0f);
   EXPECT_EQ(f16_to_f32(0xc000), -2.0f);
   EXPECT_EQ(f16_to_f32(0x3555), 0.333251953125f);
-  EXPECT_EQ(f16_to_f32(0x7bff), 65504.0f);                  // largest finite
-  EXPECT_EQ(f16_to_f32(0x0400), std::ldexp(1.0f, -14));     // smallest normal
-  EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));     // smallest subnormal
-  EXPECT_EQ(f16_to_f32(0x03ff), std::ldexp(1023.0f, -24));  // largest subnormal
-  EXPECT_EQ(f16_to_f32(0x8200), -std::ldexp(512.0f, -24));  // negative subnormal
+  EXPECT_EQ(f16_to_f32(0x7bff), 65504.0f);                      // largest finite
+  EXPECT_EQ(f16_to_f32(0x0400), std::ldexp(1.0f, -14));         // smallest normal
+  EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.0f, -24));         // smallest subnormal
+  EXPECT_EQ(f16_to_f32(0x03ff), std::ldexp(1023.0f, -24));      // largest subnormal
+  EXPECT_EQ(f16_to_f32(0x8200), -std::ldexp(512.0f, -24));      // negative subnormal
   EXPECT_EQ(f16_to_f32(0x7c00), std::numeric_limits<float>::infinity());
   EXPECT_EQ(f16_to_f32(0xfc00), -std::numeric_limits<float>::infinity());
   EXPECT_TRUE(std::isnan(f16_to_f32(0x7e00)));
@@ -83,8 +83,8 @@ TEST(DType, F16KnownValues) {
 TEST(DType, F16RoundsToNearestEven) {
   const float ulp = std::ldexp(1.0f, -10);  // f16 spacing in [1, 2)
   // Exactly halfway: to the even neighbour.
-  EXPECT_EQ(f32_to_f16(1.0f + ulp / 2), 0x3c00);      // between 0x3c00 and 0x3c01
-  EXPECT_EQ(f32_to_f16(1.0f + 3 * ulp / 2), 0x3c02);  // between 0x3c01 and 0x3c02
+  EXPECT_EQ(f32_to_f16(1.0f + ulp / 2), 0x3c00);                  // between 0x3c00 and 0x3c01
+  EXPECT_EQ(f32_to_f16(1.0f + 3 * ulp / 2), 0x3c02);              // between 0x3c01 and 0x3c02
   EXPECT_EQ(f32_to_f16(-(1.0f + 3 * ulp / 2)), 0xbc02);
   // Just off halfway: to the nearer one.
   EXPECT_EQ(f32_to_f16(std::nextafter(1.0f + ulp / 2, 2.0f)), 0x3c01);
@@ -102,11 +102,11 @@ TEST(DType, F16Subnormals) {
   EXPECT_EQ(f32_to_f16(5 * tiny), 0x0005);
   EXPECT_EQ(f32_to_f16(1023 * tiny), 0x03ff);
   // Halfway cases round to even.
-  EXPECT_EQ(f32_to_f16(tiny / 2), 0x0000);  // between 0 and 0x0001
+  EXPECT_EQ(f32_to_f16(tiny / 2), 0x0000);         // between 0 and 0x0001
   EXPECT_EQ(f32_to_f16(-tiny / 2), 0x8000);
-  EXPECT_EQ(f32_to_f16(1.5f * tiny), 0x0002);     // between 0x0001 and 0x0002
-  EXPECT_EQ(f32_to_f16(2.5f * tiny), 0x0002);     // between 0x0002 and 0x0003
-  EXPECT_EQ(f32_to_f16(1023.5f * tiny), 0x0400);  // between the largest subnormal and the smallest normal
+  EXPECT_EQ(f32_to_f16(1.5f * tiny), 0x0002);      // between 0x0001 and 0x0002
+  EXPECT_EQ(f32_to_f16(2.5f * tiny), 0x0002);      // between 0x0002 and 0x0003
+  EXPECT_EQ(f32_to_f16(1023.5f * tiny), 0x0400);   // between the largest subnormal and the smallest normal
   // Just above half the smallest subnormal rounds up, just below flushes to zero.
   EXPECT_EQ(f32_to_f16(std::nextafter(tiny / 2, 1.0f)), 0x0001);
   EXPECT_EQ(f32_to_f16(std::nextafter(tiny / 2, 0.0f)), 0x0000);
@@ -195,8 +195,7 @@ TEST(DType, BF16Rounding) {
 TEST(DType, ArrayConversionsMatchScalar) {
   const size_t count = (1u << 17) + 3;
   std::vector<float> values(count);
-  for (size_t i = 0; i < count; ++i)
-    values[i] = std::ldexp(static_cast<float>(i % 1000) - 500.0f, static_cast<int>(i % 40) - 30);
+  for (size_t i = 0; i < count; ++i) values[i] = std::ldexp(static_cast<float>(i % 1000) - 500.0f, static_cast<int>(i % 40) - 30);
 
   for (DType dtype : {DType::kF16, DType::kBF16}) {
     std::vector<uint16_t> packed(count);
