@@ -28,6 +28,7 @@
 //     [-2, 2), moving p by p (ds - <ds>)) add up undiluted where a query sees few keys (causal rows).
 // And the loose difference must exceed kF32Noise = 1e-4: proof that bf16 really ran (f32 is ~1e-6).
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -37,6 +38,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "backend/cpu/avx512_math.h"
 #include "backend/cpu/cpu_internal.h"
 #include "cpu_test_util.h"
 #include "testing/testing.h"
@@ -157,6 +159,43 @@ void check_conv(const ConvCase& c, const ConvFusion& f, uint64_t seed, Worst& wo
   const Tensor y_f32 = run_conv(reference_backend(), weight, bias, params, x, f, extra_bias, residual);
   worst.check(y, y_rounded, y_f32);
 }
+
+#if defined(__AVX512F__)
+// The kernels' vector rounding (to_bf16_16: vcvtneps2bf16 where the CPU has AVX512-BF16, which
+// flushes denormals, with the integer path for those lanes) is tensor::f32_to_bf16's for every
+// sign, exponent and upper mantissa, with the low halves where rounding turns: zero, just below,
+// at and just above the half (ties to even both ways), and all ones; NaNs quiet, infinities kept.
+// Shuffled, so that vectors mix denormals with normal numbers, zeros and NaNs.
+TEST(CpuBf16Rounding, VectorRoundingIsTheScalarOne) {
+  const uint32_t lows[] = {0x0000, 0x0001, 0x7fff, 0x8000, 0x8001, 0xffff, 0x1234, 0xc000};
+  std::vector<uint32_t> patterns;
+  for (uint32_t high = 0; high <= 0xffff; ++high) {
+    for (uint32_t low : lows) patterns.push_back(high << 16 | low);
+  }
+  std::vector<uint32_t> shuffled(patterns.size());
+  for (size_t i = 0; i < patterns.size(); ++i) shuffled[i] = patterns[(i * 40503) % patterns.size()];
+  int64_t mismatches = 0, denormal_vectors = 0;
+  for (size_t i = 0; i < shuffled.size(); i += 16) {
+    alignas(64) float x[16];
+    alignas(32) uint16_t y[16];
+    bool denormal = false;
+    for (int j = 0; j < 16; ++j) {
+      x[j] = std::bit_cast<float>(shuffled[i + j]);
+      denormal |= std::fpclassify(x[j]) == FP_SUBNORMAL;
+    }
+    denormal_vectors += denormal;
+    _mm256_store_si256(reinterpret_cast<__m256i*>(y), cpu::to_bf16_16(_mm512_load_ps(x)));
+    for (int j = 0; j < 16; ++j) {
+      const uint16_t expected = tensor::f32_to_bf16(x[j]);
+      if (y[j] != expected && ++mismatches <= 5) {
+        ADD_FAILURE() << std::hex << "f32 0x" << shuffled[i + j] << ": 0x" << y[j] << ", want 0x" << expected;
+      }
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
+  EXPECT_GT(denormal_vectors, 1000);  // the mixed vectors this test is for
+}
+#endif
 
 TEST(CpuBf16Conv2d, ShapesOfSd) {
   SKIP_WITHOUT_BF16();

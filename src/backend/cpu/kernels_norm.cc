@@ -46,20 +46,43 @@ void merge(Moments& a, const Moments& b) {
 inline float widen(float x) { return x; }
 inline float widen(uint16_t x) { return __builtin_bit_cast(float, static_cast<uint32_t>(x) << 16); }
 
+// Channel by channel, count values each: the moments of a's values and b's (Chan et al.'s update,
+// as merge). Every channel has seen the same number of values, so the weights are shared and the
+// loop over channels vectorises.
+void merge_channels(double& a_count, double* a_mean, double* a_m2, double b_count, const double* b_mean,
+                    const double* b_m2, int64_t c) {
+  if (b_count == 0) return;
+  const double count = a_count + b_count;
+  const double to_mean = b_count / count, to_m2 = a_count * b_count / count;
+#pragma omp simd
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const double delta = b_mean[ch] - a_mean[ch];
+    a_mean[ch] += delta * to_mean;
+    a_m2[ch] += b_m2[ch] + delta * delta * to_m2;
+  }
+  a_count = count;
+}
+
 // Per-channel moments of one image xi: [pixels, C]. Each thread takes a range of pixels; per
 // block, float sums across channels (contiguous, vectorised) give a block mean, a second pass over
 // the cached block the squared deviations from it and their residual sum (the block mean's
-// rounding), all merged into the thread's doubles; the threads' moments are merged last.
+// rounding), all merged into the thread's doubles; the threads' moments are merged last. (The
+// merges run over all channels at once: one channel at a time, with its divisions, they took 40%
+// of the statistics' time at [1, 512, 512, 128].)
 template <typename T>
 std::vector<Moments> channel_moments(const T* xi, int64_t pixels, int64_t c) {
   const int threads = omp_get_max_threads();
-  std::vector<Moments> per_thread(static_cast<size_t>(threads * c));
+  const size_t per_thread = static_cast<size_t>(c);
+  std::vector<double> counts(static_cast<size_t>(threads), 0.0);
+  std::vector<double> means(static_cast<size_t>(threads) * per_thread, 0.0), m2s(means.size(), 0.0);
 #pragma omp parallel
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t begin = pixels * t / nt, end = pixels * (t + 1) / nt;
-    Moments* moments = per_thread.data() + static_cast<size_t>(t) * c;
-    std::vector<float> sum(static_cast<size_t>(c)), residual(static_cast<size_t>(c)), squares(static_cast<size_t>(c));
+    double* mean = means.data() + static_cast<size_t>(t) * per_thread;
+    double* m2 = m2s.data() + static_cast<size_t>(t) * per_thread;
+    std::vector<float> sum(per_thread), residual(per_thread), squares(per_thread);
+    std::vector<double> block_mean(per_thread), block_m2(per_thread);
     float* s = sum.data();
     float* r = residual.data();
     float* q = squares.data();
@@ -88,17 +111,23 @@ std::vector<Moments> channel_moments(const T* xi, int64_t pixels, int64_t c) {
         }
       }
       // Deviations from the rounded mean m: the block's mean is m + r/n and its M2 is q - r^2/n.
-      const double n = static_cast<double>(p1 - p0);
+      const double n = static_cast<double>(p1 - p0), inverse = 1.0 / n;
+#pragma omp simd
       for (int64_t ch = 0; ch < c; ++ch) {
         const double rd = static_cast<double>(r[ch]);
-        merge(moments[ch], Moments{n, static_cast<double>(s[ch]) + rd / n, static_cast<double>(q[ch]) - rd * rd / n});
+        block_mean[static_cast<size_t>(ch)] = static_cast<double>(s[ch]) + rd * inverse;
+        block_m2[static_cast<size_t>(ch)] = static_cast<double>(q[ch]) - rd * rd * inverse;
       }
+      merge_channels(counts[static_cast<size_t>(t)], mean, m2, n, block_mean.data(), block_m2.data(), c);
     }
   }
-  std::vector<Moments> total(per_thread.begin(), per_thread.begin() + c);
   for (int t = 1; t < threads; ++t) {
-    for (int64_t ch = 0; ch < c; ++ch) merge(total[ch], per_thread[static_cast<size_t>(t * c + ch)]);
+    const size_t at = static_cast<size_t>(t) * per_thread;
+    merge_channels(counts[0], means.data(), m2s.data(), counts[static_cast<size_t>(t)], means.data() + at,
+                   m2s.data() + at, c);
   }
+  std::vector<Moments> total(per_thread);
+  for (size_t ch = 0; ch < per_thread; ++ch) total[ch] = Moments{counts[0], means[ch], m2s[ch]};
   return total;
 }
 
