@@ -1,12 +1,12 @@
 // Shared by the CPU backend tests: the cpu and reference backends, made once per test binary.
 #pragma once
 
-#include <gtest/gtest.h>
-
 #include <cmath>
 #include <cstdint>
 #include <memory>
 #include <vector>
+
+#include <gtest/gtest.h>
 
 #include "backend/backend.h"
 #include "testing/testing.h"

@@ -46,7 +46,7 @@ inline __m512 silu_16(__m512 x) {
 }
 
 // The f32 bit patterns `bits` rounded to bf16 in integer arithmetic: nearest even, NaN kept quiet,
-// as vec_math.h's to_bf16.
+// as tensor::f32_to_bf16.
 inline __m256i to_bf16_16_bits(__m512i bits) {
   const __m512i lsb = _mm512_maskz_and_epi32(kAll, _mm512_maskz_srli_epi32(kAll, bits, 16), _mm512_set1_epi32(1));
   const __m512i rounded = _mm512_maskz_srli_epi32(
@@ -57,7 +57,7 @@ inline __m256i to_bf16_16_bits(__m512i bits) {
   return _mm512_maskz_cvtepi32_epi16(kAll, _mm512_mask_blend_epi32(nan, rounded, quiet));
 }
 
-// x rounded to bf16 as vec_math.h's to_bf16. With AVX512-BF16, vcvtneps2bf16 rounds and quiets NaNs
+// x rounded to bf16 as tensor::f32_to_bf16. With AVX512-BF16, vcvtneps2bf16 rounds and quiets NaNs
 // the same way in one instruction (against ten) but flushes denormal inputs to zero: a vector with
 // a denormal lane (rare) takes the integer path for those lanes.
 inline __m256i to_bf16_16(__m512 x) {

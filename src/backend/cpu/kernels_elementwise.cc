@@ -83,7 +83,7 @@ void geglu(const Tensor& x, Tensor& y) {
     if (bf16_out) {  // rounded in the same loop, as the norms do
       uint16_t* o = y.data<uint16_t>() + r * features;
 #pragma omp simd
-      for (int64_t f = 0; f < features; ++f) o[f] = to_bf16(h[f] * gelu(gate[f]));
+      for (int64_t f = 0; f < features; ++f) o[f] = tensor::f32_to_bf16(h[f] * gelu(gate[f]));
     } else {
       float* o = y.data<float>() + r * features;
 #pragma omp simd

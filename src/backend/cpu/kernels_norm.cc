@@ -44,7 +44,7 @@ void merge(Moments& a, const Moments& b) {
 
 // An element of x as f32: f32 itself, or a bf16's bits as the high half of an f32.
 inline float widen(float x) { return x; }
-inline float widen(uint16_t x) { return __builtin_bit_cast(float, static_cast<uint32_t>(x) << 16); }
+inline float widen(uint16_t x) { return tensor::bf16_to_f32(x); }
 
 // Channel by channel, count values each: the moments of a's values and b's (Chan et al.'s update,
 // as merge). Every channel has seen the same number of values, so the weights are shared and the
@@ -214,10 +214,10 @@ void group_norm_rows(const T* in, int64_t n, int64_t pixels, int64_t c, const Gr
         uint16_t* yr = y.data<uint16_t>() + row * c;
         if (silu_out) {
 #pragma omp simd
-          for (int64_t ch = 0; ch < c; ++ch) yr[ch] = to_bf16(silu(normalised(ch)));
+          for (int64_t ch = 0; ch < c; ++ch) yr[ch] = tensor::f32_to_bf16(silu(normalised(ch)));
         } else {
 #pragma omp simd
-          for (int64_t ch = 0; ch < c; ++ch) yr[ch] = to_bf16(normalised(ch));
+          for (int64_t ch = 0; ch < c; ++ch) yr[ch] = tensor::f32_to_bf16(normalised(ch));
         }
       } else {
         float* yr = y.data<float>() + row * c;
@@ -295,7 +295,7 @@ void layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float 
     if (bf16_out) {  // rounded in the same loop, as group_norm does
       uint16_t* yr = y.data<uint16_t>() + r * c;
 #pragma omp simd
-      for (int64_t i = 0; i < c; ++i) yr[i] = to_bf16((xr[i] - m) * rstd * gp[i] + bp[i]);
+      for (int64_t i = 0; i < c; ++i) yr[i] = tensor::f32_to_bf16((xr[i] - m) * rstd * gp[i] + bp[i]);
     } else {
       float* yr = y.data<float>() + r * c;
 #pragma omp simd

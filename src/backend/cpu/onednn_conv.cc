@@ -65,7 +65,7 @@ void gather_channels(const Tensor& x, int64_t first, int64_t count, DType comput
 }
 
 // y[n, 2i + a, 2j + b] = parities[2a + b][n, i, j]: parities [4, N, H, W, C] f32, y [N, 2H, 2W, C]
-// f32 (copied) or bf16 (rounded, as to_bf16 rounds).
+// f32 (copied) or bf16 (rounded, as tensor::f32_to_bf16 rounds).
 void interleave_parities(const Tensor& parities, Tensor& y) {
   const int64_t n = parities.dim(1), h = parities.dim(2), w = parities.dim(3), c = parities.dim(4);
   assert(y.is_contiguous() && y.dim(0) == n && y.dim(1) == 2 * h && y.dim(2) == 2 * w && y.dim(3) == c);

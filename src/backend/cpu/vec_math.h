@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "backend/backend.h"
+#include "tensor/dtype.h"
 
 namespace sdstack::backend::cpu {
 
@@ -49,16 +50,9 @@ inline float silu(float x) { return x / (1.0f + exp_approx(-x)); }
 inline float gelu(float x) { return 0.5f * x * (1.0f + erf_approx(x * 0.70710678118654752f)); }
 inline float quick_gelu(float x) { return x / (1.0f + exp_approx(-1.702f * x)); }
 
-// y = x rounded to bf16, nearest even, NaN kept quiet: tensor::f32_to_bf16 without its branch, so
-// that the loop vectorises (vpcmpud/vpblendmw rather than a call per element).
-inline uint16_t to_bf16(float x) {
-  const uint32_t bits = __builtin_bit_cast(uint32_t, x);
-  const uint32_t rounded = (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-  const uint32_t quiet_nan = (bits >> 16) | 0x40u;
-  return static_cast<uint16_t>((bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
-}
+// y = x rounded to bf16 by tensor::f32_to_bf16 (branch-free: the loop vectorises).
 inline void to_bf16_row(const float* x, uint16_t* y, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) y[i] = to_bf16(x[i]);
+  for (int64_t i = 0; i < count; ++i) y[i] = tensor::f32_to_bf16(x[i]);
 }
 
 // Rows of a tensor that is f32 or bf16, as the bf16 operands a kernel packs (attention's q, k, v).
@@ -88,7 +82,7 @@ struct Bf16Source {
     for (int64_t i = 0; i < count; i += kRun) {
       const int64_t n = count - i < kRun ? count - i : kRun;
       read(at + i, run, n);
-      for (int64_t k = 0; k < n; ++k) y[i + k] = __builtin_bit_cast(float, static_cast<uint32_t>(run[k]) << 16);
+      for (int64_t k = 0; k < n; ++k) y[i + k] = tensor::bf16_to_f32(run[k]);
     }
   }
 };

@@ -17,15 +17,9 @@ void apply_activation(const Tensor& x, Activation activation, Tensor& y) {
     case Activation::kNone:
       if (x.raw_data() != y.raw_data()) y.copy_from(x);
       return;
-    case Activation::kSiLU:
-      ref::silu(x, y);
-      return;
-    case Activation::kGELU:
-      ref::gelu(x, y);
-      return;
-    case Activation::kQuickGELU:
-      ref::quick_gelu(x, y);
-      return;
+    case Activation::kSiLU: ref::silu(x, y); return;
+    case Activation::kGELU: ref::gelu(x, y); return;
+    case Activation::kQuickGELU: ref::quick_gelu(x, y); return;
   }
 }
 
