@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cassert>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "backend/cpu/avx512_math.h"
@@ -26,29 +27,20 @@ namespace {
 // for its two short float passes, so the tensor is read from memory once for the statistics.
 constexpr int64_t kBlockPixels = 64;
 
-// Count, mean and sum of squared deviations from the mean (M2) of a set of values.
-struct Moments {
-  double count = 0, mean = 0, m2 = 0;
+// Per channel, the mean and the sum of squared deviations from it (M2) of `count` values each.
+struct ChannelMoments {
+  double count = 0;
+  std::vector<double> mean, m2;
 };
-
-// a <- the moments of a's values and b's (Chan et al.'s pairwise update: no E[x^2] - mean^2, which
-// cancels catastrophically when the variance is small next to the mean).
-void merge(Moments& a, const Moments& b) {
-  if (b.count == 0) return;
-  const double count = a.count + b.count;
-  const double delta = b.mean - a.mean;
-  a.mean += delta * (b.count / count);
-  a.m2 += b.m2 + delta * delta * (a.count * b.count / count);
-  a.count = count;
-}
 
 // An element of x as f32: f32 itself, or a bf16's bits as the high half of an f32.
 inline float widen(float x) { return x; }
 inline float widen(uint16_t x) { return tensor::bf16_to_f32(x); }
 
-// Channel by channel, count values each: the moments of a's values and b's (Chan et al.'s update,
-// as merge). Every channel has seen the same number of values, so the weights are shared and the
-// loop over channels vectorises.
+// Channel by channel (c of them; one for a single set of values): a <- the moments of a's values and
+// b's, by Chan et al.'s pairwise update (no E[x^2] - mean^2, which cancels catastrophically when the
+// variance is small next to the mean). Every channel has seen the same number of values, so the
+// weights are shared and the loop over channels vectorises.
 void merge_channels(double& a_count, double* a_mean, double* a_m2, double b_count, const double* b_mean,
                     const double* b_m2, int64_t c) {
   if (b_count == 0) return;
@@ -70,7 +62,7 @@ void merge_channels(double& a_count, double* a_mean, double* a_m2, double b_coun
 // merges run over all channels at once: one channel at a time, with its divisions, they took 40%
 // of the statistics' time at [1, 512, 512, 128].)
 template <typename T>
-std::vector<Moments> channel_moments(const T* xi, int64_t pixels, int64_t c) {
+ChannelMoments channel_moments(const T* xi, int64_t pixels, int64_t c) {
   const int threads = omp_get_max_threads();
   const size_t per_thread = static_cast<size_t>(c);
   std::vector<double> counts(static_cast<size_t>(threads), 0.0);
@@ -126,9 +118,9 @@ std::vector<Moments> channel_moments(const T* xi, int64_t pixels, int64_t c) {
     merge_channels(counts[0], means.data(), m2s.data(), counts[static_cast<size_t>(t)], means.data() + at,
                    m2s.data() + at, c);
   }
-  std::vector<Moments> total(per_thread);
-  for (size_t ch = 0; ch < per_thread; ++ch) total[ch] = Moments{counts[0], means[ch], m2s[ch]};
-  return total;
+  means.resize(per_thread);  // thread 0's, which now hold every thread's values
+  m2s.resize(per_thread);
+  return ChannelMoments{counts[0], std::move(means), std::move(m2s)};
 }
 
 }  // namespace
@@ -148,14 +140,17 @@ GroupNormCoefficients group_norm_coefficients(const T* in, int64_t n, int64_t pi
   const size_t nc = static_cast<size_t>(n * c);
   GroupNormCoefficients k{std::vector<float>(nc), std::vector<float>(nc), std::vector<float>(nc)};
   for (int64_t img = 0; img < n; ++img) {
-    const std::vector<Moments> moments = channel_moments(in + img * pixels * c, pixels, c);
+    const ChannelMoments moments = channel_moments(in + img * pixels * c, pixels, c);
     for (int64_t grp = 0; grp < groups; ++grp) {
-      Moments group;
-      for (int64_t ch = grp * group_size; ch < (grp + 1) * group_size; ++ch) merge(group, moments[ch]);
-      const double var = group.m2 / group.count;  // biased, as torch
+      double count = 0, mean = 0, m2 = 0;  // the group's
+      for (int64_t ch = grp * group_size; ch < (grp + 1) * group_size; ++ch) {
+        const size_t i = static_cast<size_t>(ch);
+        merge_channels(count, &mean, &m2, moments.count, &moments.mean[i], &moments.m2[i], 1);
+      }
+      const double var = m2 / count;  // biased, as torch
       const double rstd = 1.0 / std::sqrt(var + static_cast<double>(eps));
-      const float hi = static_cast<float>(group.mean);
-      const float lo = static_cast<float>(group.mean - static_cast<double>(hi));
+      const float hi = static_cast<float>(mean);
+      const float lo = static_cast<float>(mean - static_cast<double>(hi));
       for (int64_t ch = grp * group_size; ch < (grp + 1) * group_size; ++ch) {
         const size_t i = static_cast<size_t>(img * c + ch);
         k.scale[i] = static_cast<float>(static_cast<double>(gamma[ch]) * rstd);
