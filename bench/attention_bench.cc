@@ -84,15 +84,24 @@ int main(int argc, char** argv) {
     };
     Kernel kernels[] = {
         {"f32 matmuls", [&](Tensor& y) { cpu::attention_matmuls(cache, q, k, v, heads, false, scores, y); }, {}, {}},
-        {"f32 flash", [&](Tensor& y) { cpu::flash_attention(q, k, v, heads, false, DType::kF32, packed, y); }, {}, {}},
+        {"f32 flash",
+         [&](Tensor& y) { cpu::flash_attention(q, k, v, heads, false, cpu::FlashKernel::kF32, packed, y); },
+         {},
+         {}},
         {"bf16 matmuls",
          [&](Tensor& y) { cpu::attention_matmuls(bf16_cache, q, k, v, heads, false, scores, y); },
          {},
          {}},
-        {"bf16 AVX-512 flash",
-         [&](Tensor& y) { cpu::flash_attention(q, k, v, heads, false, DType::kBF16, packed, y); },
+        {"bf16 AVX-512 flash, widened",
+         [&](Tensor& y) { cpu::flash_attention(q, k, v, heads, false, cpu::FlashKernel::kBf16Widened, packed, y); },
          {},
          {}},
+#if defined(__AVX512BF16__)
+        {"bf16 AVX-512 flash, pairs",
+         [&](Tensor& y) { cpu::flash_attention(q, k, v, heads, false, cpu::FlashKernel::kBf16Pairs, packed, y); },
+         {},
+         {}},
+#endif
         {"bf16 AMX flash",
          [&](Tensor& y) {
            if (!cpu::flash_attention_amx(bf16_cache.onednn(), q, k, v, heads, false, y)) {

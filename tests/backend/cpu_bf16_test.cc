@@ -514,9 +514,10 @@ struct AttentionCase {
   bool causal;
 };
 
-// Each case through the bf16 backend (the fused AMX kernel where the CPU has AMX), through the
-// AVX-512 flash kernel in bf16 that CPUs with AVX512-BF16 only run, and through the oneDNN matmul
-// path (CPUs without AVX-512 builds): all against one oracle.
+// Each case through the bf16 backend (the fused AMX kernel where the CPU has AMX), through both
+// AVX-512 flash kernels in bf16 that CPUs with AVX512-BF16 only run (FMAs on widened values, and
+// vdpbf16ps on bf16 pairs), and through the oneDNN matmul path (CPUs without AVX-512 builds): all
+// against one oracle.
 void check_attention(const std::vector<AttentionCase>& cases, uint64_t seed, Worst& worst) {
   cpu::MatmulCache matmuls(std::make_shared<cpu::OneDnn>());
   matmuls.onednn().compute_dtype = DType::kBF16;
@@ -543,11 +544,17 @@ void check_attention(const std::vector<AttentionCase>& cases, uint64_t seed, Wor
       worst.check(y_matmuls, oracle.y, y_f32, kBf16AttentionTolerance, oracle.slack);
     }
 #if defined(__AVX512F__)
-    Tensor y_flash = Tensor::empty(q.shape());
-    cpu::flash_attention(q, k, v, c.heads, c.causal, DType::kBF16, packed, y_flash);
-    {
-      SCOPED_TRACE("AVX-512 flash in bf16");
-      worst.check(y_flash, oracle.y, y_f32, kBf16AttentionTolerance, oracle.slack);
+    std::vector<std::pair<const char*, cpu::FlashKernel>> flash_kernels = {
+        {"AVX-512 flash, widened bf16", cpu::FlashKernel::kBf16Widened}};
+#if defined(__AVX512BF16__)
+    flash_kernels.emplace_back("AVX-512 flash, bf16 pairs", cpu::FlashKernel::kBf16Pairs);
+#endif
+    std::vector<Tensor> y_flash;
+    for (const auto& [name, kernel] : flash_kernels) {
+      SCOPED_TRACE(name);
+      y_flash.push_back(Tensor::empty(q.shape()));
+      cpu::flash_attention(q, k, v, c.heads, c.causal, kernel, packed, y_flash.back());
+      worst.check(y_flash.back(), oracle.y, y_f32, kBf16AttentionTolerance, oracle.slack);
     }
 #endif
     // Through bf16 operands (as a bf16 model hands them over): q, k and v in bf16 give the same
@@ -563,10 +570,13 @@ void check_attention(const std::vector<AttentionCase>& cases, uint64_t seed, Wor
     cpu::attention_matmuls(matmuls, q16, k16, v16, c.heads, c.causal, scores, y16);
     EXPECT_EQ(max_rel_diff(y16.to(DType::kF32), rounded(y_matmuls)), 0.0f) << "oneDNN matmuls, bf16 y";
 #if defined(__AVX512F__)
-    cpu::flash_attention(q16, k16, v16, c.heads, c.causal, DType::kBF16, packed, from_operands);
-    EXPECT_EQ(max_rel_diff(from_operands, y_flash), 0.0f) << "AVX-512 flash, bf16 q, k, v";
-    cpu::flash_attention(q16, k16, v16, c.heads, c.causal, DType::kBF16, packed, y16);
-    EXPECT_EQ(max_rel_diff(y16.to(DType::kF32), rounded(y_flash)), 0.0f) << "AVX-512 flash, bf16 y";
+    for (size_t i = 0; i < flash_kernels.size(); ++i) {
+      const auto& [name, kernel] = flash_kernels[i];
+      cpu::flash_attention(q16, k16, v16, c.heads, c.causal, kernel, packed, from_operands);
+      EXPECT_EQ(max_rel_diff(from_operands, y_flash[i]), 0.0f) << name << ", bf16 q, k, v";
+      cpu::flash_attention(q16, k16, v16, c.heads, c.causal, kernel, packed, y16);
+      EXPECT_EQ(max_rel_diff(y16.to(DType::kF32), rounded(y_flash[i])), 0.0f) << name << ", bf16 y";
+    }
 #endif
   }
 }
@@ -590,12 +600,25 @@ TEST(CpuBf16Attention, ScoresRisingAcrossChunks) {
     SCOPED_TRACE(causal ? "causal" : "full");
     // Only the tight check: scores of several hundred move by whole units when q and k are
     // rounded to bf16, so this softmax is far from the f32 one by bf16's nature, not the kernel's.
-    Tensor y = Tensor::empty(q.shape());
-    bf16_backend()->attention(q, k, v, 1, causal, y);
     const AttentionOracle oracle = attention_with_bf16_probabilities(rounded(q), rounded(k), rounded(v), 1, causal);
-    const float tight = max_rel_diff_beyond(y, oracle.y, oracle.slack);
-    EXPECT_LE(tight, kRoundedTolerance);
-    worst.rounded = std::max(worst.rounded, tight);
+    Tensor y = Tensor::empty(q.shape());
+    auto check = [&](const char* name) {
+      const float tight = max_rel_diff_beyond(y, oracle.y, oracle.slack);
+      EXPECT_LE(tight, kRoundedTolerance) << name;
+      worst.rounded = std::max(worst.rounded, tight);
+    };
+    bf16_backend()->attention(q, k, v, 1, causal, y);
+    check("backend");
+#if defined(__AVX512F__)
+    // Key tiles of 128: the running max moves twice.
+    std::vector<float> packed;
+    cpu::flash_attention(q, k, v, 1, causal, cpu::FlashKernel::kBf16Widened, packed, y);
+    check("AVX-512 flash, widened bf16");
+#if defined(__AVX512BF16__)
+    cpu::flash_attention(q, k, v, 1, causal, cpu::FlashKernel::kBf16Pairs, packed, y);
+    check("AVX-512 flash, bf16 pairs");
+#endif
+#endif
   }
 }
 

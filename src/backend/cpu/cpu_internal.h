@@ -97,9 +97,8 @@ std::unique_ptr<Linear> make_onednn_linear(std::shared_ptr<OneDnn> onednn, const
 // Batched matmul through `cache` (see Backend::matmul).
 void batched_matmul(MatmulCache& cache, const Tensor& a, const Tensor& b, Tensor& y, bool transpose_b, float alpha);
 // Multi-head attention (see Backend::attention): flash_attention_amx in bf16 compute on AMX, else
-// flash_attention on AVX-512 builds (f32, and bf16 with D <= 512), else attention_matmuls through
-// `cache`. `scores` is
-// scratch the f32 kernels may grow.
+// flash_attention on AVX-512 builds (f32, and bf16 with D <= 512, in bf16_flash_kernel()), else
+// attention_matmuls through `cache`. `scores` is scratch the f32 kernels may grow.
 void attention(MatmulCache& cache, const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal,
                std::vector<float>& scores, Tensor& y);
 // Per tile of queries, scores and P v as oneDNN batched matmuls in the compute dtype, an own f32
@@ -114,13 +113,22 @@ void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, con
 bool flash_attention_amx(OneDnn& onednn, const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal,
                          Tensor& y);
 #if defined(__AVX512F__)
-// Fused (flash) attention on AVX-512 f32 FMAs: keys and values streamed in tiles past 64 queries at
-// a time, an online softmax, no score matrix in memory. Runs on the OpenMP pool. `packed` is
-// scratch it grows to 2 * k.numel() (head-major copies of k and v), plus q.numel() in bf16.
-// compute kBF16 computes what flash_attention_amx computes (q, k, v and the probabilities rounded
-// to bf16 as there; f32 accumulation in another order) for CPUs without AMX; q, k, v and y may then
-// be bf16 (y only for D <= 512).
-void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal, DType compute,
+// The arithmetic of flash_attention's kernel:
+//  - kF32: f32 FMAs on f32 q, k and v.
+//  - kBf16Widened, kBf16Pairs: what flash_attention_amx computes, for CPUs without AMX (q, k, v
+//    and the probabilities rounded to bf16 as there; f32 accumulation in another order), as f32
+//    FMAs on the bf16 values widened, or (AVX512-BF16 builds only) as vdpbf16ps on pairs of bf16
+//    values: two FMAs' work per instruction. The two give the same numbers up to the order of
+//    their f32 sums.
+enum class FlashKernel { kF32, kBf16Widened, kBf16Pairs };
+// The bf16 kernel that runs faster on this CPU: kBf16Pairs where vdpbf16ps runs at the FMA's rate
+// (AMD), else kBf16Widened.
+FlashKernel bf16_flash_kernel();
+// Fused (flash) attention on AVX-512: keys and values streamed in tiles past 64 queries at a time,
+// an online softmax, no score matrix in memory. Runs on the OpenMP pool. `packed` is scratch it
+// grows to 2 * k.numel() floats (head-major copies of k and v), plus q.numel() in bf16. In the bf16
+// kernels q, k, v and y may be bf16 (y only for D <= 512).
+void flash_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t heads, bool causal, FlashKernel kernel,
                      std::vector<float>& packed, Tensor& y);
 #endif
 
