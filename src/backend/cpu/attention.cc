@@ -75,7 +75,7 @@ constexpr bool kHasDotPairs = false;
 template <bool kPairs>
 inline __m512 multiply_add(__m512 a, __m512 b, __m512 acc) {
   if constexpr (kPairs) {
-    static_assert(kHasDotPairs, "bf16 pairs need AVX512-BF16");
+    static_assert(kPairs && kHasDotPairs, "bf16 pairs need AVX512-BF16");
 #if defined(__AVX512BF16__)
     return _mm512_dpbf16_ps(acc, __builtin_bit_cast(__m512bh, a), __builtin_bit_cast(__m512bh, b));
 #endif
