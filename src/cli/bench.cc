@@ -65,7 +65,8 @@ int run_bench(int argc, char** argv) {
       "On a CPU with AMX, bf16 runs on its tiles, and the bf16 peak is AMX's. To see how a CPU with\n"
       "AVX512-BF16 but no AMX (Zen 4, Cooper Lake) would do, peak included, cap the\n"
       "instruction set as oneDNN reads it: ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 sdstack bench ...\n"
-      "(sdstack's own attention kernels keep to the same cap).");
+      "(sdstack's own attention keeps to the same cap; its kernel then multiplies as this CPU's\n"
+      "vendor does best: f32 FMAs on Intel, vdpbf16ps on AMD, whose bf16 runs at twice f32).");
   pipeline::BenchOptions options;
   std::string random, dtype = "f32", components = "clip,unet,vae";
   bool json = false;
