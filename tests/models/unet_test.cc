@@ -231,14 +231,15 @@ TEST_F(UNetGoldenTest, OddLatentSizesRunAndBackendsAgree) {
   }
 }
 
-// Each sample's result does not depend on the batch it runs in. Batched, the 2 x 156 tokens of the
-// first level run through the feed-forward in blocks of 128, 128 and 56 rows; alone, in 128 and 28:
-// a block that lost or repeated rows, or its residual, would give one of them other numbers.
+// Each sample's result does not depend on the batch it runs in. Batched, the 2 x 1440 tokens of the
+// first level run through the feed-forward in blocks of 512 rows and one of 320; alone, in two of
+// 512 and one of 416: a block that lost or repeated rows, or its residual, would give one of them
+// other numbers.
 TEST_F(UNetGoldenTest, SamplesAgreeAloneAndBatched) {
   std::unique_ptr<Backend> cpu = std::move(backend::make_backend("cpu").value());
   std::unique_ptr<UNet2DConditionModel> model = load(*cpu);
   ASSERT_NE(model, nullptr);
-  const Tensor sample = random_tensor({2, 12, 13, 4}, 11);
+  const Tensor sample = random_tensor({2, 40, 36, 4}, 11);
   const Tensor context = random_tensor({2, 77, 32}, 12);
   auto batched = model->forward(sample, 500.0f, context);
   ASSERT_TRUE(batched.is_ok());
