@@ -120,7 +120,8 @@ TEST(CpuGroupNorm, Bf16InputIsWidenedExactly) {
 }
 
 TEST(CpuLayerNorm, RowsOfSdAndClip) {
-  const Shape shapes[] = {{2, 256, 320}, {1, 77, 768}, {2, 64, 1280}, {3, 5, 7}};
+  const Shape shapes[] = {
+      {2, 256, 320}, {1, 77, 768}, {2, 64, 1280}, {3, 5, 7}, {2, 3, 333}};  // 333: whole blocks and a tail
   uint64_t seed = 1100;
   for (const Shape& shape : shapes) {
     const Tensor x = random_tensor(shape, seed++, -2.0f, 6.0f);
