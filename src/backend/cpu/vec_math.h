@@ -1,6 +1,6 @@
 // exp, erf, the activations and the bf16 rounding (and rows read or written through it) as branch-free
-// float code that GCC auto-vectorises
-// in plain loops (glibc's expf/erff are calls it cannot vectorise without -ffast-math, which we do not use).
+// float code that GCC auto-vectorises in plain loops (glibc's expf/erff are calls it cannot vectorise
+// without -ffast-math, which we do not use); a row's bf16 rounding by avx512_math.h on AVX-512.
 #pragma once
 
 #include <cassert>
@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "backend/backend.h"
+#include "backend/cpu/avx512_math.h"
 #include "tensor/dtype.h"
 
 namespace sdstack::backend::cpu {
@@ -50,9 +51,21 @@ inline float silu(float x) { return x / (1.0f + exp_approx(-x)); }
 inline float gelu(float x) { return 0.5f * x * (1.0f + erf_approx(x * 0.70710678118654752f)); }
 inline float quick_gelu(float x) { return x / (1.0f + exp_approx(-1.702f * x)); }
 
-// y = x rounded to bf16 by tensor::f32_to_bf16 (branch-free: the loop vectorises).
+// y = x rounded to bf16 by tensor::f32_to_bf16 (branch-free: the loop vectorises), on AVX-512 by
+// to_bf16_16 (the same bits; vcvtneps2bf16 where the CPU has AVX512-BF16).
 inline void to_bf16_row(const float* x, uint16_t* y, int64_t count) {
+#if defined(__AVX512F__)
+  int64_t i = 0;
+  for (; i + 16 <= count; i += 16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), to_bf16_16(_mm512_loadu_ps(x + i)));
+  }
+  if (i < count) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (count - i)) - 1);
+    _mm256_mask_storeu_epi16(y + i, tail, to_bf16_16(_mm512_maskz_loadu_ps(tail, x + i)));
+  }
+#else
   for (int64_t i = 0; i < count; ++i) y[i] = tensor::f32_to_bf16(x[i]);
+#endif
 }
 
 // Rows of a tensor that is f32 or bf16, as the bf16 operands a kernel packs (attention's q, k, v).
