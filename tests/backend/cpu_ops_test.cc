@@ -120,7 +120,7 @@ TEST(CpuGroupNorm, Bf16InputIsWidenedExactly) {
 }
 
 TEST(CpuLayerNorm, RowsOfSdAndClip) {
-  // 333 channels: whole blocks of the AVX-512 loops and a tail.
+  // 333 channels: whole vectors and a tail.
   const Shape shapes[] = {{2, 256, 320}, {1, 77, 768}, {2, 64, 1280}, {3, 5, 7}, {2, 3, 333}};
   uint64_t seed = 1100;
   for (const Shape& shape : shapes) {

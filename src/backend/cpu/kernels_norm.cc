@@ -1,7 +1,5 @@
 // Normalisation CPU kernels: group norm over NHWC with SiLU fused, layer norm and softmax over the
-// last dim. Statistics accumulate in double so that they match the (double) reference closely. On
-// AVX-512 the norms run in 512-bit vectors, the group norm's loops by a target pragma and the layer
-// norm's by hand (-march=native on Sapphire Rapids vectorises plain loops in 256 bits).
+// last dim. Statistics accumulate in double so that they match the (double) reference closely.
 #include <omp.h>
 
 #include <algorithm>
@@ -263,53 +261,6 @@ void group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int64_
 #pragma GCC pop_options
 
 // x, y: [rows, C]; each row is in cache for the three short passes (mean, variance, normalise).
-#if defined(__AVX512F__)
-namespace {
-
-// The 8 floats at x as doubles, the lanes past `count` (< 8) zero.
-inline __m512d widen8(const float* x, int64_t count = 8) {
-  const __mmask8 lanes = count >= 8 ? 0xff : static_cast<__mmask8>((1u << count) - 1);
-  return _mm512_maskz_cvtps_pd(0xff, _mm256_maskz_loadu_ps(lanes, x));
-}
-
-// The sum of a vector's 8 lanes.
-inline double sum_lanes(__m512d v) {
-  alignas(64) double lane[8];
-  _mm512_store_pd(lane, v);
-  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-}
-
-// A row's mean and sum of squared deviations from it, in double over 4 accumulators of 8 lanes:
-// one accumulator would wait on the add's latency every 8 elements (the loops' speed before).
-inline std::pair<double, double> row_moments(const float* x, int64_t c) {
-  __m512d acc[4];
-  for (__m512d& a : acc) a = _mm512_setzero_pd();
-  const int64_t whole = c / 32 * 32;
-  for (int64_t i = 0; i < whole; i += 32) {
-    for (int k = 0; k < 4; ++k) acc[k] = _mm512_add_pd(acc[k], widen8(x + i + 8 * k));
-  }
-  for (int64_t i = whole; i < c; i += 8) acc[0] = _mm512_add_pd(acc[0], widen8(x + i, c - i));
-  const double mean =
-      sum_lanes(_mm512_add_pd(_mm512_add_pd(acc[0], acc[1]), _mm512_add_pd(acc[2], acc[3]))) / static_cast<double>(c);
-  const __m512d mean8 = _mm512_set1_pd(mean);
-  for (__m512d& a : acc) a = _mm512_setzero_pd();
-  for (int64_t i = 0; i < whole; i += 32) {
-    for (int k = 0; k < 4; ++k) {
-      const __m512d d = _mm512_sub_pd(widen8(x + i + 8 * k), mean8);
-      acc[k] = _mm512_fmadd_pd(d, d, acc[k]);
-    }
-  }
-  for (int64_t i = whole; i < c; i += 8) {
-    const int64_t count = c - i < 8 ? c - i : 8;
-    const __m512d d = _mm512_maskz_sub_pd(static_cast<__mmask8>((1u << count) - 1), widen8(x + i, count), mean8);
-    acc[0] = _mm512_fmadd_pd(d, d, acc[0]);
-  }
-  return {mean, sum_lanes(_mm512_add_pd(_mm512_add_pd(acc[0], acc[1]), _mm512_add_pd(acc[2], acc[3])))};
-}
-
-}  // namespace
-#endif
-
 void layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps, Tensor& y) {
   assert(x.dtype() == DType::kF32 && x.is_contiguous() && y.is_contiguous() && x.numel() == y.numel());
   assert(y.dtype() == DType::kF32 || y.dtype() == DType::kBF16);
@@ -321,14 +272,9 @@ void layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float 
   const float* bp = b.data();
   const float* in = x.data<float>();
   const bool bf16_out = y.dtype() == DType::kBF16;
-  uint16_t* y_bf16 = bf16_out ? y.data<uint16_t>() : nullptr;
-  float* y_f32 = bf16_out ? nullptr : y.data<float>();
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = in + r * c;
-#if defined(__AVX512F__)
-    const auto [mean, sum_sq] = row_moments(xr, c);
-#else
     double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < c; ++i) sum += xr[i];
@@ -339,31 +285,14 @@ void layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float 
       const double d = xr[i] - mean;
       sum_sq += d * d;
     }
-#endif
     const float rstd = static_cast<float>(1.0 / std::sqrt(sum_sq / static_cast<double>(c) + eps));
     const float m = static_cast<float>(mean);
-#if defined(__AVX512F__)
-    // y = ((x - m) rstd) gamma + beta, the plain loop's arithmetic (which GCC contracts to this
-    // FMA), rounded by vcvtneps2bf16: with row_moments, 1.5x faster at [8192, 320] into bf16.
-    for (int64_t i = 0; i < c; i += 16) {
-      const __mmask16 lanes = c - i >= 16 ? kAll : static_cast<__mmask16>((1u << (c - i)) - 1);
-      const __m512 t =
-          _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, xr + i), _mm512_set1_ps(m)), _mm512_set1_ps(rstd));
-      const __m512 v = _mm512_fmadd_ps(t, _mm512_maskz_loadu_ps(lanes, gp + i), _mm512_maskz_loadu_ps(lanes, bp + i));
-      if (bf16_out) {
-        _mm256_mask_storeu_epi16(y_bf16 + r * c + i, lanes, to_bf16_16(v));
-      } else {
-        _mm512_mask_storeu_ps(y_f32 + r * c + i, lanes, v);
-      }
-    }
-    continue;
-#endif
     if (bf16_out) {  // rounded in the same loop, as group_norm does
-      uint16_t* yr = y_bf16 + r * c;
+      uint16_t* yr = y.data<uint16_t>() + r * c;
 #pragma omp simd
       for (int64_t i = 0; i < c; ++i) yr[i] = tensor::f32_to_bf16((xr[i] - m) * rstd * gp[i] + bp[i]);
     } else {
-      float* yr = y_f32 + r * c;
+      float* yr = y.data<float>() + r * c;
 #pragma omp simd
       for (int64_t i = 0; i < c; ++i) yr[i] = (xr[i] - m) * rstd * gp[i] + bp[i];
     }
