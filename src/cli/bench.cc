@@ -58,8 +58,9 @@ int run_bench(int argc, char** argv) {
       "Time each Stable Diffusion component on this machine: the CLIP text encoder (one prompt), one\n"
       "UNet forward at batch 2 (classifier-free guidance) and the VAE decode, each as the median of\n"
       "--repeat runs after a warm-up, with GFLOP/s (FLOPs counted from the architecture) and the\n"
-      "percentage of this machine's peak, which the bench measures first (the better of a 2048^3\n"
-      "matmul and SD's commonest 3x3 conv, in f32 and in bf16).",
+      "percentage of this machine's peak, which the bench measures before and after them (the\n"
+      "better of a 2048^3 matmul and SD's commonest 3x3 conv, in f32 and in bf16; the better of\n"
+      "the two measurements, so that a moment of other load does not lower it).",
       argv[0]);
   app.footer(
       "On a CPU with AMX, bf16 runs on its tiles, and the bf16 peak is AMX's. To see how a CPU with\n"

@@ -73,9 +73,9 @@ struct ComponentBench {
 };
 
 // The best GFLOP/s of a large matmul and of a 320->320 3x3 conv at 64x64, batch 2, through the CPU
-// backend (one warm-up, best of four runs each): what the kernels the models use reach on this
-// machine. bf16 is absent where the CPU has no
-// native bf16 (the backend refuses it).
+// backend (one warm-up, the best of at least four runs and a quarter second each), measured before
+// and after the components and the better kept: what the kernels the models use reach on this
+// machine. bf16 is absent where the CPU has no native bf16 (the backend refuses it).
 struct PeakGflops {
   double f32 = 0;
   std::optional<double> bf16;
@@ -111,7 +111,7 @@ struct BenchResult {
 using BenchProgress = std::function<void(const std::string& what)>;
 
 // Measures the peaks, then builds, warms up and times each chosen component in turn (one alive at a
-// time, so peak memory is that of the largest). Errors: an unknown preset or component, a size the
+// time, so peak memory is that of the largest), then the peaks again. Errors: an unknown preset or component, a size the
 // model cannot run (not a multiple of the VAE's scale factor, for example), bf16 on a CPU without
 // it, a model folder that does not load, generate_steps without a model folder or without all
 // three components. Not thread-safe (it sets the process's thread count).
