@@ -1,13 +1,13 @@
 // Where one UNet forward's (or VAE decode's) time goes, per op kind and per shape: SD 1.5's UNet or
-// VAE decoder (random weights) on the CPU backend behind a backend that times every op it forwards. Each op ends with
-// oneDNN's stream wait or an OpenMP barrier, so the time around a call is that op's. The time is the process's CPU
-// time: on a machine shared with other work, with one thread, it counts what the op computes and not the time slices
-// others took (wall time would, and with several threads so would the spinning at barriers while a thread waits for its
-// turn). Usage: unet_profile [unet|vae] [f32|bf16] [size] [runs] [threads]; prints the last run's table (after a
-// warm-up). The model defaults to unet (`unet_profile bf16 512 1 1` still works); size is the image's (the UNet runs
-// batch 2 on size/8 latents, the VAE decodes batch 1 size/8 latents); threads defaults to 1 (see above). In bf16, "bf16
-// src conversion" is the f32 -> bf16 rounding that convolutions and linears do on their input, timed beside them on the
-// same sizes; the conv and linear rows still include it.
+// VAE decoder (random weights, or a model folder's) on the CPU backend behind a backend that times every op it
+// forwards. Each op ends with oneDNN's stream wait or an OpenMP barrier, so the time around a call is that op's. The
+// time is the process's CPU time: on a machine shared with other work, with one thread, it counts what the op computes
+// and not the time slices others took (wall time would, and with several threads so would the spinning at barriers
+// while a thread waits for its turn). Usage: unet_profile [unet|vae] [f32|bf16] [size] [runs] [threads] [model folder];
+// prints the last run's table (after a warm-up). The model defaults to unet (`unet_profile bf16 512 1 1` still works);
+// size is the image's (the UNet runs batch 2 on size/8 latents, the VAE decodes batch 1 size/8 latents); threads
+// defaults to 1 (see above). In bf16, "bf16 src conversion" is the f32 -> bf16 rounding that convolutions and linears
+// do on their input, timed beside them on the same sizes; the conv and linear rows still include it.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -22,6 +22,7 @@
 
 #include "backend/backend.h"
 #include "backend/cpu/cpu_internal.h"
+#include "io/model_folder.h"
 #include "models/presets.h"
 #include "models/random_weights.h"
 #include "models/unet.h"
@@ -223,31 +224,44 @@ struct Workload {
   std::shared_ptr<void> model;  // keeps the model alive
 };
 
-base::Result<Workload> unet_workload(Backend& backend, int64_t size) {
+base::Result<Workload> unet_workload(Backend& backend, int64_t size, const char* folder_dir) {
   auto preset = models::model_preset("sd15");
   SD_ASSIGN_OR_RETURN(auto config, models::UNet2DConditionConfig::from_json(preset.value().unet, "unet/config.json"));
   models::RandomWeightSource weights;
-  SD_ASSIGN_OR_RETURN(std::unique_ptr<models::UNet2DConditionModel> model,
-                      models::UNet2DConditionModel::create(config, weights, backend));
+  std::unique_ptr<models::UNet2DConditionModel> model;
+  if (folder_dir != nullptr) {
+    SD_ASSIGN_OR_RETURN(io::ModelFolder folder, io::ModelFolder::open(folder_dir));
+    SD_ASSIGN_OR_RETURN(model, models::UNet2DConditionModel::load(folder, backend));
+  } else {
+    SD_ASSIGN_OR_RETURN(model, models::UNet2DConditionModel::create(config, weights, backend));
+  }
+  const models::UNet2DConditionConfig& loaded = model->config();  // the folder's, or the preset's
   const int64_t latent = size / 8;
-  Tensor sample = Tensor::empty({2, latent, latent, config.in_channels});
+  Tensor sample = Tensor::empty({2, latent, latent, loaded.in_channels});
   sample.fill(0.5f);
-  const Tensor text = Tensor::zeros({2, 77, 768});
+  const Tensor text =
+      Tensor::zeros({2, 77, loaded.cross_attention_dim.empty() ? 768 : loaded.cross_attention_dim.front()});
   std::shared_ptr<models::UNet2DConditionModel> shared(std::move(model));
   return Workload{"UNet, batch 2", [shared, sample, text] { return shared->forward(sample, 999.0f, text).status(); },
                   shared};
 }
 
 // The decoder as `sdstack bench` builds and runs it.
-base::Result<Workload> vae_workload(Backend& backend, int64_t size) {
+base::Result<Workload> vae_workload(Backend& backend, int64_t size, const char* folder_dir) {
   auto preset = models::model_preset("sd15");
   SD_ASSIGN_OR_RETURN(auto config, models::AutoencoderKLConfig::from_json(preset.value().vae, "vae/config.json"));
   models::RandomWeightSource weights;
-  SD_ASSIGN_OR_RETURN(
-      std::unique_ptr<models::AutoencoderKL> model,
-      models::AutoencoderKL::create(config, weights, backend, models::AutoencoderKL::Parts::kDecoderOnly));
+  std::unique_ptr<models::AutoencoderKL> model;
+  if (folder_dir != nullptr) {
+    SD_ASSIGN_OR_RETURN(io::ModelFolder folder, io::ModelFolder::open(folder_dir));
+    SD_ASSIGN_OR_RETURN(model,
+                        models::AutoencoderKL::load(folder, backend, "", models::AutoencoderKL::Parts::kDecoderOnly));
+  } else {
+    SD_ASSIGN_OR_RETURN(
+        model, models::AutoencoderKL::create(config, weights, backend, models::AutoencoderKL::Parts::kDecoderOnly));
+  }
   const int64_t latent = size / 8;
-  Tensor latents = Tensor::empty({1, latent, latent, config.latent_channels});
+  Tensor latents = Tensor::empty({1, latent, latent, model->config().latent_channels});
   latents.fill(0.5f);
   std::shared_ptr<models::AutoencoderKL> shared(std::move(model));
   return Workload{"VAE decode, batch 1", [shared, latents] { return shared->decode(latents).status(); }, shared};
@@ -273,7 +287,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   TimedBackend backend(std::move(made).value(), bf16);
-  auto workload = model_name == "vae" ? vae_workload(backend, size) : unet_workload(backend, size);
+  ++arg;
+  const char* folder = argc > arg ? argv[arg] : nullptr;  // a diffusers folder, else random weights
+  auto workload = model_name == "vae" ? vae_workload(backend, size, folder) : unet_workload(backend, size, folder);
   if (!workload.is_ok()) {
     std::fprintf(stderr, "unet_profile: %s\n", workload.status().message().c_str());
     return 1;
