@@ -149,15 +149,6 @@ constexpr ValueBlock kValueBlocks[] = {nullptr,
                                        value_block<kPairs, 5>,
                                        value_block<kPairs, 6>};
 
-// p rounded to bf16 (nearest even), as f32 bits with the low half zero.
-inline __m512i round_to_bf16(__m512 p) {
-  const __m512i bits = _mm512_castps_si512(p);
-  const __m512i lsb = _mm512_maskz_and_epi32(kAll, _mm512_maskz_srli_epi32(kAll, bits, 16), _mm512_set1_epi32(1));
-  const __m512i rounded =
-      _mm512_maskz_add_epi32(kAll, bits, _mm512_maskz_add_epi32(kAll, lsb, _mm512_set1_epi32(0x7fff)));
-  return _mm512_maskz_and_epi32(kAll, rounded, _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
-}
-
 // One (batch, head)'s operands for a query tile, as the kernels' words (see multiply_add).
 struct HeadOperands {
   const float* queries;  // the tile's first query; `query_stride` words to the next, `columns` words each
@@ -186,10 +177,7 @@ void flash_tile(const HeadOperands& head, void* out, bool out_bf16, int64_t out_
   const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   const __m512i query_offsets = _mm512_mullo_epi32(lane, _mm512_set1_epi32(static_cast<int>(head.query_stride)));
   __mmask16 row_mask[4];
-  for (int i = 0; i < 4; ++i) {
-    const int64_t left = rows - i * 16;
-    row_mask[i] = left >= 16 ? kAll : left <= 0 ? 0 : static_cast<__mmask16>((1u << left) - 1);
-  }
+  for (int i = 0; i < 4; ++i) row_mask[i] = first_lanes(rows - i * 16);
   for (int64_t c = 0; c < columns; ++c) {
     for (int i = 0; i < 4; ++i) {
       const __m512 gathered =
@@ -262,8 +250,8 @@ void flash_tile(const HeadOperands& head, void* out, bool out_bf16, int64_t out_
       // the scores: rows 2j' and 2j' + 1 are read before it is written.
       for (int64_t j = 0; j < nk; j += 2) {
         for (int i = 0; i < 4; ++i) {
-          const __m512i even = round_to_bf16(probability(j, i));
-          const __m512i odd = j + 1 < nk ? round_to_bf16(probability(j + 1, i)) : _mm512_setzero_si512();
+          const __m512i even = to_bf16_16_high(probability(j, i));
+          const __m512i odd = j + 1 < nk ? to_bf16_16_high(probability(j + 1, i)) : _mm512_setzero_si512();
           const __m512i pair = _mm512_maskz_or_epi32(kAll, _mm512_maskz_srli_epi32(kAll, even, 16), odd);
           _mm512_store_si512(scores + j / 2 * kQueryTile + i * 16, pair);
         }
@@ -273,7 +261,7 @@ void flash_tile(const HeadOperands& head, void* out, bool out_bf16, int64_t out_
         for (int i = 0; i < 4; ++i) {
           const __m512 p = probability(j, i);
           if constexpr (kKernel == FlashKernel::kBf16Widened) {
-            _mm512_store_si512(scores + j * kQueryTile + i * 16, round_to_bf16(p));
+            _mm512_store_si512(scores + j * kQueryTile + i * 16, to_bf16_16_high(p));
           } else {
             _mm512_store_ps(scores + j * kQueryTile + i * 16, p);
           }

@@ -133,11 +133,6 @@ inline __m512 broadcast_sum(__m512 x) {
   return _mm512_add_ps(x, _mm512_maskz_permute_ps(kAll, x, 0xb1));
 }
 
-// The lanes [0, n) of a vector, n clamped to [0, 16].
-inline __mmask16 first_lanes(int64_t n) {
-  return n >= 16 ? static_cast<__mmask16>(0xffff) : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1);
-}
-
 // Head-major bf16 copies, zero-padded, laid out as the AMX operands want them (dp = D rounded up
 // to 32, dv = D rounded up to 16; q and k zero past D, so the padding adds nothing to q.k):
 //   q: [32][dp] per query tile (`rows` real queries, `channels` floats apart), row-major: A tiles

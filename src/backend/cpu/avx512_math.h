@@ -14,6 +14,16 @@ namespace sdstack::backend::cpu {
 // all-lanes maskz forms compile the same.
 constexpr __mmask16 kAll = 0xffff;
 
+// The lanes [0, n) of a vector, n clamped to [0, 16]: a loop's tail, or rows past a tile's end.
+inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? kAll : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1); }
+
+// 1 / d by vrcp14ps refined by one Newton step, r (2 - d r): within ~2 ulp, where a vdivps would
+// take as long as all the rest of the loops that use it (SiLU's and GELU's).
+inline __m512 reciprocal_16(__m512 d) {
+  const __m512 r = _mm512_maskz_rcp14_ps(kAll, d);
+  return _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);
+}
+
 // 2^t in the `valid` lanes (0 in the others, whose t may be anything, -inf included), for t <= 0
 // (a t slightly above 0 is fine): 2^floor(t) by vscalefps times 2^f, f = t - floor(t) in [0, 1) by
 // a degree-5 polynomial (relative error 8e-8, fitted with the constant term 1 so that the max
@@ -36,28 +46,23 @@ inline __m512 exp2_16(__mmask16 valid, __m512 t) {
 
 // x sigmoid(x) = x / (1 + 2^(-x log2 e)): the power by exp2_16 (its exponent capped at 126, so that
 // the denominator stays finite where x < -87 and silu is -0 to f32 precision anyway), the division
-// as vrcp14ps refined by one Newton step (within ~2 ulp, like vec_math.h's silu; a vdivps would
-// take as long as all the rest of a group norm's normalise-and-SiLU loop).
+// by reciprocal_16 (within ~2 ulp, like vec_math.h's silu).
 inline __m512 silu_16(__m512 x) {
   const __m512 t =
       _mm512_maskz_min_ps(kAll, _mm512_mul_ps(x, _mm512_set1_ps(-1.44269504088896341f)), _mm512_set1_ps(126.0f));
   const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), exp2_16(kAll, t));
-  __m512 r = _mm512_maskz_rcp14_ps(kAll, d);
-  r = _mm512_fmadd_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(1.0f)), r);  // r (2 - d r)
-  return _mm512_mul_ps(x, r);
+  return _mm512_mul_ps(x, reciprocal_16(d));
 }
 
 // gelu(x) = x/2 (1 + erf(x / sqrt(2))) with vec_math.h's erf (Abramowitz & Stegun 7.1.26, absolute
-// error <= 1.5e-7): its division 1 / (1 + p a) by vrcp14ps and one Newton step (within ~2 ulp; a
-// vdivps costs as much as all the rest), exp(-a^2) as 2^(-a^2 log2 e) by exp2_16 (0 where a^2 is
-// past f32's range).
+// error <= 1.5e-7): its division 1 / (1 + p a) by reciprocal_16, exp(-a^2) as 2^(-a^2 log2 e) by
+// exp2_16 (0 where a^2 is past f32's range).
 inline __m512 gelu_16(__m512 x) {
   const __m512 z = _mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f));
   const __m512i sign = _mm512_maskz_and_epi32(kAll, _mm512_castps_si512(z), _mm512_set1_epi32(INT32_MIN));
   const __m512 a = _mm512_castsi512_ps(_mm512_maskz_andnot_epi32(kAll, sign, _mm512_castps_si512(z)));
   const __m512 d = _mm512_fmadd_ps(a, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f));
-  __m512 t = _mm512_maskz_rcp14_ps(kAll, d);
-  t = _mm512_fmadd_ps(t, _mm512_fnmadd_ps(d, t, _mm512_set1_ps(1.0f)), t);  // t (2 - d t)
+  const __m512 t = reciprocal_16(d);
   __m512 p = _mm512_set1_ps(1.061405429f);
   p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
   p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
@@ -95,6 +100,12 @@ inline __m256i to_bf16_16(__m512 x) {
 #else
   return to_bf16_16_bits(bits);
 #endif
+}
+
+// x rounded to bf16 as to_bf16_16, each in the high half of a 32-bit lane (the low half zero): the
+// f32 bits of the rounded values, or a bf16 ready to pair with another by a shift and an or.
+inline __m512i to_bf16_16_high(__m512 x) {
+  return _mm512_maskz_slli_epi32(kAll, _mm512_maskz_cvtepu16_epi32(kAll, to_bf16_16(x)), 16);
 }
 
 }  // namespace sdstack::backend::cpu

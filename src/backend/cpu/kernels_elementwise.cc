@@ -80,26 +80,26 @@ void geglu(const Tensor& x, Tensor& y) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* h = in + r * 2 * features;
     const float* gate = h + features;
+    uint16_t* o16 = bf16_out ? y.data<uint16_t>() + r * features : nullptr;
+    float* o32 = bf16_out ? nullptr : y.data<float>() + r * features;
 #if defined(__AVX512F__)
     for (int64_t f = 0; f < features; f += 16) {
-      const __mmask16 lanes = features - f >= 16 ? kAll : static_cast<__mmask16>((1u << (features - f)) - 1);
+      const __mmask16 lanes = first_lanes(features - f);
       const __m512 out =
           _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, h + f), gelu_16(_mm512_maskz_loadu_ps(lanes, gate + f)));
       if (bf16_out) {
-        _mm256_mask_storeu_epi16(y.data<uint16_t>() + r * features + f, lanes, to_bf16_16(out));
+        _mm256_mask_storeu_epi16(o16 + f, lanes, to_bf16_16(out));
       } else {
-        _mm512_mask_storeu_ps(y.data<float>() + r * features + f, lanes, out);
+        _mm512_mask_storeu_ps(o32 + f, lanes, out);
       }
     }
 #else
     if (bf16_out) {  // rounded in the same loop, as the norms do
-      uint16_t* o = y.data<uint16_t>() + r * features;
 #pragma omp simd
-      for (int64_t f = 0; f < features; ++f) o[f] = tensor::f32_to_bf16(h[f] * gelu(gate[f]));
+      for (int64_t f = 0; f < features; ++f) o16[f] = tensor::f32_to_bf16(h[f] * gelu(gate[f]));
     } else {
-      float* o = y.data<float>() + r * features;
 #pragma omp simd
-      for (int64_t f = 0; f < features; ++f) o[f] = h[f] * gelu(gate[f]);
+      for (int64_t f = 0; f < features; ++f) o32[f] = h[f] * gelu(gate[f]);
     }
 #endif
   }

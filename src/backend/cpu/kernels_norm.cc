@@ -191,7 +191,7 @@ void group_norm_rows(const T* in, int64_t n, int64_t pixels, int64_t c, const Gr
 #if defined(__AVX512F__)
       if (silu_out) {  // explicit vectors: see silu_16
         for (int64_t ch = 0; ch < c; ch += 16) {
-          const __mmask16 m = c - ch >= 16 ? kAll : static_cast<__mmask16>((1u << (c - ch)) - 1);
+          const __mmask16 m = first_lanes(c - ch);
           const __m512 v = _mm512_fmadd_ps(
               _mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, xr + ch), _mm512_maskz_loadu_ps(m, hi + ch)),
                             _mm512_maskz_loadu_ps(m, lo + ch)),

@@ -60,7 +60,7 @@ inline void to_bf16_row(const float* x, uint16_t* y, int64_t count) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), to_bf16_16(_mm512_loadu_ps(x + i)));
   }
   if (i < count) {
-    const __mmask16 tail = static_cast<__mmask16>((1u << (count - i)) - 1);
+    const __mmask16 tail = first_lanes(count - i);
     _mm256_mask_storeu_epi16(y + i, tail, to_bf16_16(_mm512_maskz_loadu_ps(tail, x + i)));
   }
 #else
