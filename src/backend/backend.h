@@ -9,8 +9,9 @@
 //  - Operands: convolutions, linears and attention also take their inputs in operand_dtype(), and
 //    the ops that feed them (group norm, layer norm, GEGLU, 2x upsampling, linears without a
 //    residual, attention) may write y in it. In bf16 compute that is bf16: the same numbers the consumer would have
-//    rounded to, without the rounding pass and at half the memory traffic. Everything else
-//    (residuals, convolutions' outputs, elementwise ops) stays f32.
+//    rounded to, without the rounding pass and at half the memory traffic. A convolution or
+//    linear with a residual may also write y in it, from a residual in it (a model that keeps its
+//    residual stream in bf16, as the VAE decoder does). Everything else (elementwise ops) is f32.
 //  - Weights come in their checkpoint layout and dtype (torch's OIHW conv weights, [out, in]
 //    linear weights, f16/bf16/f32) and are prepared once by make_conv2d/make_linear.
 //  - A backend object is used by one thread at a time; it parallelises inside each op.
@@ -64,7 +65,7 @@ struct Conv2dParams {
 //   y = act( conv(x) + bias + extra_bias + residual_scale * residual )
 struct Conv2dExtras {
   Tensor extra_bias;  // [Cout] f32, or undefined; e.g. the time embedding, shared by the batch
-  Tensor residual;    // [N, Ho, Wo, Cout] like y, or undefined; may alias y
+  Tensor residual;    // [N, Ho, Wo, Cout] like y and in y's dtype, or undefined; may alias y
   float residual_scale = 1.0f;
   Activation activation = Activation::kNone;
 };
@@ -74,11 +75,11 @@ class Conv2d {
  public:
   virtual ~Conv2d() = default;
   // x: [N, H, W, Cin], f32 or the backend's operand dtype; y: [N, Ho, Wo, Cout] with
-  // Ho = params().out_height(H, k), Wo = params().out_width(W, k), f32, or the operand dtype where
-  // there is no residual (the result rounded once).
+  // Ho = params().out_height(H, k), Wo = params().out_width(W, k), f32 or the operand dtype (the
+  // result, residual included, rounded once).
   virtual void run(const Tensor& x, Tensor& y, const Conv2dExtras& extras = {}) = 0;
   // y = this convolution of x upsampled 2x by nearest neighbour (each pixel repeated 2x2), as
-  // diffusers' Upsample2D: x [N, H, W, Cin] (f32), y as run() gives for a [N, 2H, 2W, Cin] input.
+  // diffusers' Upsample2D: x [N, H, W, Cin] (f32 or the operand dtype), y as run() gives for a [N, 2H, 2W, Cin] input.
   // `scratch` is f32 memory of y's size the backend may use during the call. The CPU backend runs
   // a 3x3, stride 1, padding 1 convolution as four 2x2 convolutions on x, one per parity of the
   // output pixel (4/9 of the work), and interleaves their outputs into y.
@@ -92,7 +93,7 @@ class Conv2d {
 // What a linear layer adds after x W^T, in this order: y = act(x W^T + bias) + residual.
 struct LinearExtras {
   Activation activation = Activation::kNone;
-  Tensor residual;  // shaped like y, or undefined; may alias y
+  Tensor residual;  // shaped like y and in y's dtype, or undefined; may alias y
 };
 
 // y = x W^T + b with weights prepared once.
@@ -100,7 +101,7 @@ class Linear {
  public:
   virtual ~Linear() = default;
   // x: [..., in_features], f32 or the backend's operand dtype; y: [..., out_features] (same
-  // leading dims), f32, or the operand dtype where there is no residual.
+  // leading dims), f32 or the operand dtype (the result, residual included, rounded once).
   virtual void run(const Tensor& x, Tensor& y, const LinearExtras& extras = {}) = 0;
   virtual int64_t in_features() const = 0;
   virtual int64_t out_features() const = 0;
@@ -152,7 +153,8 @@ class Backend {
   // y = x * scale, elementwise. y may alias x.
   virtual void scale(const Tensor& x, float scale, Tensor& y) = 0;
 
-  // Nearest-neighbour 2x upsampling: x: [N, H, W, C] -> y: [N, 2H, 2W, C], f32 or operand_dtype().
+  // Nearest-neighbour 2x upsampling: x: [N, H, W, C] -> y: [N, 2H, 2W, C]. x f32, y f32 or
+  // operand_dtype(); or both operand_dtype().
   virtual void upsample_nearest2x(const Tensor& x, Tensor& y) = 0;
   // Concatenation along the last dim: a: [..., Ca], b: [..., Cb] -> y: [..., Ca + Cb].
   virtual void concat_last(const Tensor& a, const Tensor& b, Tensor& y) = 0;

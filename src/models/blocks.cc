@@ -51,7 +51,9 @@ Result<ResnetBlock2D> ResnetBlock2D::load(WeightLoader& load, const std::string&
 Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor& silu_temb, BufferPool* pool) const {
   Backend& backend = *backend_;
   const int64_t out = options_.out_channels;
-  assert(x.dtype() == DType::kF32 || (conv_shortcut_ != nullptr && x.dtype() == backend.operand_dtype()));
+  const DType operand = backend.operand_dtype();
+  const DType activations = options_.operand_activations ? operand : DType::kF32;
+  assert(x.dtype() == activations || (conv_shortcut_ != nullptr && x.dtype() == operand));
   // Each buffer lives only while it is needed: the VAE decoder runs these blocks on
   // [1, 512, 512, 256] activations (268 MB each in f32), so every one held past its last use
   // adds to the peak memory of a 512x512 decode.
@@ -66,9 +68,8 @@ Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor& silu_temb, BufferPo
     conv1_extras.extra_bias = time_bias.reshape({out});
   }
   // The convolutions' inputs are written in the backend's operand dtype (bf16 in bf16 compute), and
-  // so is conv1's output where the options ask.
-  const DType operand = backend.operand_dtype();
-  Tensor h = empty_activation(pool, with_channels(x, out), options_.operand_hidden ? operand : DType::kF32);
+  // so are conv1's output and y where the options ask.
+  Tensor h = empty_activation(pool, with_channels(x, out), activations);
   {
     Tensor normed = empty_activation(pool, x.shape(), operand);  // [N, H, W, in], freed once conv1 has read it
     backend.group_norm(x, norm1_.gamma, norm1_.beta, options_.groups, options_.eps, Activation::kSiLU, normed);
@@ -82,7 +83,7 @@ Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor& silu_temb, BufferPo
 
   // y = shortcut(x) + conv2(h), the residual fused into conv2. A 1x1 shortcut is written straight
   // into y, which conv2 then accumulates onto (the residual may alias the output).
-  Tensor y = empty_activation(pool, with_channels(x, out));  // [N, H, W, out]
+  Tensor y = empty_activation(pool, with_channels(x, out), activations);  // [N, H, W, out]
   Conv2dExtras conv2_extras;
   conv2_extras.residual = x;
   if (conv_shortcut_ != nullptr) {
@@ -90,7 +91,10 @@ Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor& silu_temb, BufferPo
     conv2_extras.residual = y;
   }
   conv2_->run(h_normed, y, conv2_extras);
-  if (options_.output_scale_factor != 1.0f) backend.scale(y, 1.0f / options_.output_scale_factor, y);
+  if (options_.output_scale_factor != 1.0f) {
+    assert(y.dtype() == DType::kF32);  // Backend::scale is f32's; no model scales an operand stream
+    backend.scale(y, 1.0f / options_.output_scale_factor, y);
+  }
   return y;
 }
 
@@ -111,7 +115,8 @@ Result<Downsample2D> Downsample2D::load(WeightLoader& load, const std::string& p
 Tensor Downsample2D::forward(const Tensor& x) const {
   // x: [N, H, W, C] -> [N, Ho, Wo, C]
   const Conv2dParams& params = conv_->params();
-  Tensor y = Tensor::empty({x.dim(0), params.out_height(x.dim(1), 3), params.out_width(x.dim(2), 3), x.dim(3)});
+  Tensor y =
+      Tensor::empty({x.dim(0), params.out_height(x.dim(1), 3), params.out_width(x.dim(2), 3), x.dim(3)}, x.dtype());
   conv_->run(x, y);
   return y;
 }
@@ -164,7 +169,7 @@ Tensor Upsample2D::forward(const Tensor& x, int64_t out_height, int64_t out_widt
     return y;
   }
   Tensor up = empty_activation(pool, y.shape());
-  resize_nearest(x, up);
+  resize_nearest(x.dtype() == DType::kF32 ? x : x.to(DType::kF32), up);
   conv_->run(up, y);
   return y;
 }

@@ -33,23 +33,24 @@ class ResnetBlock2D {
     int64_t groups = 32;
     float eps = 1e-5f;
     float output_scale_factor = 1.0f;
-    // conv1's output (which only norm2 reads) in the backend's operand dtype (bf16 in bf16 compute)
-    // rather than f32: for the VAE, whose 67-134 MB activations at 512 px make the traffic count and
-    // whose errors go once into 8-bit pixels. The UNet keeps f32 there: its errors compound over
-    // the denoising steps.
-    bool operand_hidden = false;
+    // conv1's output (which only norm2 reads) and the block's output (the residual stream) in the
+    // backend's operand dtype (bf16 in bf16 compute) rather than f32, as diffusers computes in
+    // bf16: for the VAE, whose 67-268 MB activations at 512 px make the traffic count and
+    // whose errors go once into 8-bit pixels (or latents). The UNet keeps f32 there: its errors
+    // compound over the denoising steps.
+    bool operand_activations = false;
   };
   // Weights under `prefix.`: norm1, conv1, [time_emb_proj], norm2, conv2, [conv_shortcut].
   static base::Result<ResnetBlock2D> load(WeightLoader& load, const std::string& prefix, const Options& options);
 
   // x: [N, H, W, in]; silu_temb: silu(temb) as [1, temb_channels], one timestep shared by the batch,
-  // or undefined when the block has no time embedding. Returns [N, H, W, out]. With a pool, the
-  // output and the scratch come from it. x is f32, or in the backend's operand dtype where the block
-  // has a shortcut conv (then only norm1 and the shortcut read it, not the residual sum).
+  // or undefined when the block has no time embedding. Returns [N, H, W, out], f32, or in the
+  // operand dtype with operand_activations. With a pool, the output and the scratch come from it.
+  // x is f32, or in the backend's operand dtype where the block has a shortcut conv (then only
+  // norm1 and the shortcut read it, not the residual sum) or operand_activations.
   Tensor forward(const Tensor& x, const Tensor& silu_temb, BufferPool* pool = nullptr) const;
 
   int64_t out_channels() const { return options_.out_channels; }
-  bool has_shortcut_conv() const { return conv_shortcut_ != nullptr; }
 
  private:
   Backend* backend_ = nullptr;
@@ -65,7 +66,8 @@ class Downsample2D {
  public:
   static base::Result<Downsample2D> load(WeightLoader& load, const std::string& prefix, int64_t channels,
                                          int64_t padding);
-  // x: [N, H, W, C] -> [N, Ho, Wo, C]; Ho = ceil(H / 2) with padding 1, floor(H / 2) with padding 0.
+  // x: [N, H, W, C] -> [N, Ho, Wo, C] in x's dtype (f32 or the backend's operand dtype);
+  // Ho = ceil(H / 2) with padding 1, floor(H / 2) with padding 0.
   Tensor forward(const Tensor& x) const;
 
  private:

@@ -122,7 +122,7 @@ class VAEAttention {
     to_v_->run(normed, v);
     Tensor attended = Tensor::empty({n, length, c}, operand);
     backend_->attention(q, k, v, /*heads=*/1, /*causal=*/false, attended);
-    Tensor y = empty_activation(pool, x.shape());
+    Tensor y = empty_activation(pool, x.shape(), x.dtype());  // the residual stream's dtype
     Tensor y_rows = y.reshape({n, length, c});
     to_out_->run(attended, y_rows, LinearExtras{Activation::kNone, x.reshape({n, length, c})});
     return y;
@@ -147,7 +147,7 @@ struct MidBlock {
       SD_ASSIGN_OR_RETURN(ResnetBlock2D r,
                           ResnetBlock2D::load(load, prefix + ".resnets." + std::to_string(j),
                                               {channels, channels, 0, config.norm_num_groups, kEps, 1.0f,
-                                               /*operand_hidden=*/true}));
+                                               /*operand_activations=*/true}));
       block.resnets.push_back(std::move(r));
     }
     if (config.mid_block_add_attention) {
@@ -213,7 +213,7 @@ Result<std::unique_ptr<AutoencoderKL>> AutoencoderKL::create(const AutoencoderKL
   const int64_t latent = config.latent_channels, groups = config.norm_num_groups;
   const Conv2dParams same{1, 1}, pointwise{1, 0};
   auto resnet = [&](const std::string& prefix, int64_t in, int64_t out) {
-    return ResnetBlock2D::load(load, prefix, {in, out, 0, groups, kEps, 1.0f, /*operand_hidden=*/true});
+    return ResnetBlock2D::load(load, prefix, {in, out, 0, groups, kEps, 1.0f, /*operand_activations=*/true});
   };
 
   // Encoder: conv_in, down blocks channels[i - 1] -> channels[i] (halving but in the last block),
@@ -297,31 +297,23 @@ Result<Tensor> AutoencoderKL::decode(const Tensor& latents) {
     post_quant_conv_->run(z, projected);
     z = projected;
   }
+  // Every activation from conv_in on is in the operand dtype (bf16 in bf16 compute, as diffusers
+  // computes in bf16): the decoder's largest tensors ([1, 512, 512, 128-256] at 512 px) are read
+  // and written at half the memory traffic of f32.
+  const DType operand = backend_.operand_dtype();
   // conv_in: [B, h, w, latent] -> [B, h, w, C_last]
-  Tensor h = Tensor::empty({batch, z.dim(1), z.dim(2), config_.block_out_channels.back()});
+  Tensor h = Tensor::empty({batch, z.dim(1), z.dim(2), config_.block_out_channels.back()}, operand);
   decoder.conv_in->run(z, h);
   h = decoder.mid_block->forward(h, &pool);
-  for (size_t i = 0; i < decoder.up_blocks.size(); ++i) {
-    const ResampleBlock& block = decoder.up_blocks[i];
+  for (const ResampleBlock& block : decoder.up_blocks) {
     for (const ResnetBlock2D& r : block.resnets) h = r.forward(h, Tensor(), &pool);
-    if (block.upsampler == nullptr) continue;
-    // Where the next block starts with a shortcut conv (its channels change), the upsampled h is only
-    // normalised and convolved, each of which reads bf16 anyway: it is written in the operand dtype
-    // (half the memory traffic of the largest tensors of a decode: [1, 512, 512, 256] at 512 px).
-    const bool to_operand = i + 1 < decoder.up_blocks.size() && !decoder.up_blocks[i + 1].resnets.empty() &&
-                            decoder.up_blocks[i + 1].resnets.front().has_shortcut_conv();
-    h = block.upsampler->forward(h, 2 * h.dim(1), 2 * h.dim(2), &pool,
-                                 to_operand ? backend_.operand_dtype() : DType::kF32);
+    if (block.upsampler != nullptr) h = block.upsampler->forward(h, 2 * h.dim(1), 2 * h.dim(2), &pool, operand);
   }
-  // conv_out(silu(conv_norm_out(h))): [B, H, W, C0] -> [B, H, W, out]; the norm in place in f32,
-  // else into an operand copy.
-  const DType operand = backend_.operand_dtype();
-  Tensor normed = operand == h.dtype() ? h : empty_activation(&pool, h.shape(), operand);
+  // conv_out(silu(conv_norm_out(h))): [B, H, W, C0] -> [B, H, W, out], the norm in place.
   backend_.group_norm(h, decoder.conv_norm_out.gamma, decoder.conv_norm_out.beta, config_.norm_num_groups, kEps,
-                      Activation::kSiLU, normed);
-  h = Tensor();
-  Tensor image = Tensor::empty({batch, normed.dim(1), normed.dim(2), config_.out_channels});
-  decoder.conv_out->run(normed, image);
+                      Activation::kSiLU, h);
+  Tensor image = Tensor::empty({batch, h.dim(1), h.dim(2), config_.out_channels});
+  decoder.conv_out->run(h, image);
   return image;
 }
 
@@ -339,8 +331,8 @@ Result<LatentDistribution> AutoencoderKL::encode_distribution(const Tensor& imag
   const Tensor x = image.is_contiguous() ? image : image.contiguous();
   BufferPool& pool = pool_;  // as in decode
   const int64_t batch = x.dim(0), latent = config_.latent_channels;
-  // conv_in: [B, H, W, in] -> [B, H, W, C0]
-  Tensor h = Tensor::empty({batch, x.dim(1), x.dim(2), config_.block_out_channels[0]});
+  // conv_in: [B, H, W, in] -> [B, H, W, C0]; the activations in the operand dtype, as in decode.
+  Tensor h = Tensor::empty({batch, x.dim(1), x.dim(2), config_.block_out_channels[0]}, backend_.operand_dtype());
   encoder.conv_in->run(x, h);
   for (const ResampleBlock& block : encoder.down_blocks) {
     for (const ResnetBlock2D& r : block.resnets) h = r.forward(h, Tensor(), &pool);

@@ -305,10 +305,57 @@ TEST(CpuBf16Conv2d, Bf16OutputIsTheF32OneRounded) {
   }
 }
 
+// A bf16 residual stream (the VAE decoder's): into a bf16 y from a bf16 residual, the f32 output
+// from that residual (widened) rounded once. Read by a binary-add post-op, accumulated in place
+// (aliasing y, scaled), where oneDNN may take another implementation (odd channels, uneven padding
+// with stride 2, a 1x1), and on a convolution in four parts of 320 input channels.
+TEST(CpuBf16Conv2d, Bf16ResidualStream) {
+  SKIP_WITHOUT_BF16();
+  struct Case {
+    ConvCase conv;
+    bool aliases_y;
+    float scale;
+  };
+  const Case cases[] = {{{2, 12, 12, 64, 64, 3, 1, 1}, false, 1.0f}, {{2, 12, 12, 64, 64, 3, 1, 1}, true, 0.5f},
+                        {{1, 12, 12, 32, 20, 3, 1, 1}, false, 1.0f}, {{2, 16, 16, 32, 32, 3, 2, 0, 1, 1}, false, 1.0f},
+                        {{1, 9, 7, 24, 40, 1, 1, 0}, false, 1.0f},   {{1, 7, 6, 1280, 48, 3, 1, 1}, false, 1.0f},
+                        {{1, 7, 6, 1280, 48, 3, 1, 1}, true, 1.0f}};
+  uint64_t seed = 3180;
+  for (const Case& c : cases) {
+    const ConvCase& cc = c.conv;
+    SCOPED_TRACE(::testing::Message() << cc.cin << "->" << cc.cout << " k" << cc.k << " s" << cc.stride
+                                      << (c.aliases_y ? " in place" : ""));
+    const float bound = 1.0f / std::sqrt(static_cast<float>(cc.cin * cc.k * cc.k));
+    const Tensor weight = random_tensor({cc.cout, cc.cin, cc.k, cc.k}, seed, -bound, bound);
+    const Tensor bias = random_tensor({cc.cout}, seed + 1);
+    const Tensor x = random_tensor({cc.n, cc.h, cc.w, cc.cin}, seed + 2);
+    Conv2dParams params{cc.stride, cc.padding};
+    params.extra_bottom = cc.extra_bottom;
+    params.extra_right = cc.extra_right;
+    const Shape y_shape = {cc.n, params.out_height(cc.h, cc.k), params.out_width(cc.w, cc.k), cc.cout};
+    const Tensor residual = random_tensor(y_shape, seed + 3).to(DType::kBF16);
+    std::unique_ptr<Conv2d> conv = bf16_backend()->make_conv2d(weight, bias, params);
+    Tensor y_f32 = Tensor::empty(y_shape), y_bf16 = Tensor::empty(y_shape, DType::kBF16);
+    Conv2dExtras extras;
+    extras.residual_scale = c.scale;
+    extras.activation = Activation::kSiLU;
+    for (int repeat = 0; repeat < 2; ++repeat) {  // the cached primitive too
+      y_f32.copy_from(residual.to(DType::kF32));
+      extras.residual = y_f32;
+      conv->run(x, y_f32, extras);
+      if (c.aliases_y) y_bf16.copy_from(residual);
+      extras.residual = c.aliases_y ? y_bf16 : residual;
+      conv->run(x, y_bf16, extras);
+      expect_rounded(y_bf16, y_f32);
+    }
+    seed += 10;
+  }
+}
+
 // Conv2d::run_upsampled2x in bf16 against the f32 reference's upsample-then-convolve. The 2x2
 // taps are sums of the bf16 weights rounded again, so there is no exact oracle on rounded inputs:
 // only the loose bound, which a wrong or missing tap (O(0.1..1)) far exceeds. Into a bf16 y, the
-// f32 result rounded.
+// f32 result rounded; from a bf16 x, the result of the f32 x rounded.
 TEST(CpuBf16Conv2d, UpsampledTwice) {
   SKIP_WITHOUT_BF16();
   const ConvCase cases[] = {
@@ -338,6 +385,11 @@ TEST(CpuBf16Conv2d, UpsampledTwice) {
     Tensor y_bf16 = Tensor::empty(y_shape, DType::kBF16);  // into bf16: the f32 result rounded
     conv->run_upsampled2x(x, y_bf16, scratch);
     expect_rounded(y_bf16, y);
+    // From a bf16 x (the VAE decoder's stream): what the backend computes from x rounded, exactly.
+    Tensor from_bf16 = Tensor::empty(y_shape, DType::kBF16), from_rounded = Tensor::empty(y_shape, DType::kBF16);
+    conv->run_upsampled2x(x.to(DType::kBF16), from_bf16, scratch);
+    conv->run_upsampled2x(rounded(x), from_rounded, scratch);
+    EXPECT_EQ(from_bf16.to(DType::kF32).to_vector(), from_rounded.to(DType::kF32).to_vector());
   }
   std::printf("[ conv upsampled ] worst max_rel_diff vs f32 %.3g\n", worst);
 }
@@ -397,6 +449,28 @@ TEST(CpuBf16Linear, ShapesAndFusions) {
         run_linear(*reference_backend().make_linear(rounded(in.weight), in.bias), rounded(in.x), c, in.residual);
     const Tensor y_f32 = run_linear(*reference_backend().make_linear(in.weight, in.bias), in.x, c, in.residual);
     worst.check(y, y_rounded, y_f32);
+  }
+}
+
+// A bf16 residual stream through a linear (the VAE's attention output): into a bf16 y from a bf16
+// residual, read by a binary-add post-op or accumulated in place, the f32 output from that residual
+// (widened) rounded once.
+TEST(CpuBf16Linear, Bf16ResidualStream) {
+  SKIP_WITHOUT_BF16();
+  uint64_t seed = 3450;
+  for (const bool aliases_y : {false, true}) {
+    SCOPED_TRACE(aliases_y ? "in place" : "binary add");
+    const Tensor weight = random_tensor({96, 64}, seed, -0.125f, 0.125f);
+    const Tensor bias = random_tensor({96}, seed + 1);
+    const Tensor x = random_tensor({2, 50, 64}, seed + 2);
+    const Tensor residual = random_tensor({2, 50, 96}, seed + 3).to(DType::kBF16);
+    std::unique_ptr<Linear> linear = bf16_backend()->make_linear(weight, bias);
+    Tensor y_f32 = residual.to(DType::kF32), y_bf16 = Tensor::empty(residual.shape(), DType::kBF16);
+    linear->run(x, y_f32, LinearExtras{Activation::kNone, y_f32});
+    if (aliases_y) y_bf16.copy_from(residual);
+    linear->run(x, y_bf16, LinearExtras{Activation::kNone, aliases_y ? y_bf16 : residual});
+    expect_rounded(y_bf16, y_f32);
+    seed += 10;
   }
 }
 

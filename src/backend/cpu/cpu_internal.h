@@ -144,7 +144,7 @@ void mul(const Tensor& a, const Tensor& b, Tensor& y);
 void scale(const Tensor& x, float scale, Tensor& y);
 void upsample_nearest2x(const Tensor& x, Tensor& y);
 void concat_last(const Tensor& a, const Tensor& b, Tensor& y);
-// y = x for `count` floats, in parallel.
-void parallel_copy(const float* x, float* y, int64_t count);
+// y = x for `bytes` bytes, in parallel.
+void parallel_copy(const void* x, void* y, int64_t bytes);
 
 }  // namespace sdstack::backend::cpu

@@ -23,14 +23,15 @@ void check_f32_contiguous(const Tensor& t) {
 
 }  // namespace
 
-void parallel_copy(const float* x, float* y, int64_t count) {
+void parallel_copy(const void* x, void* y, int64_t bytes) {
   if (x == y) return;
-  const int64_t chunks = (count + kChunk - 1) / kChunk;
+  constexpr int64_t kChunkBytes = kChunk * sizeof(float);
+  const int64_t chunks = (bytes + kChunkBytes - 1) / kChunkBytes;
 #pragma omp parallel for schedule(static) if (chunks > 1)
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t begin = c * kChunk;
-    const int64_t n = begin + kChunk < count ? kChunk : count - begin;
-    std::memcpy(y + begin, x + begin, static_cast<size_t>(n) * sizeof(float));
+    const int64_t begin = c * kChunkBytes;
+    const int64_t n = begin + kChunkBytes < bytes ? kChunkBytes : bytes - begin;
+    std::memcpy(static_cast<char*>(y) + begin, static_cast<const char*>(x) + begin, static_cast<size_t>(n));
   }
 }
 
@@ -175,26 +176,27 @@ void scale(const Tensor& x, float factor, Tensor& y) {
   }
 }
 
-// x: [N, H, W, C] -> y: [N, 2H, 2W, C]; each input pixel's C floats land in four output pixels.
-// y f32, or bf16: each input row rounded once into a per-thread row, then copied like f32 pixels.
+// x: [N, H, W, C] -> y: [N, 2H, 2W, C]; each input pixel's C values land in four output pixels.
+// x and y of one dtype (copied); or x f32 and y bf16: each input row rounded once into a
+// per-thread row, then copied.
 void upsample_nearest2x(const Tensor& x, Tensor& y) {
-  check_f32_contiguous(x);
-  assert(y.is_contiguous() && (y.dtype() == DType::kF32 || y.dtype() == DType::kBF16));
+  assert(x.is_contiguous() && y.is_contiguous() && (y.dtype() == DType::kF32 || y.dtype() == DType::kBF16));
+  assert(x.dtype() == y.dtype() || x.dtype() == DType::kF32);
   const int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2), c = x.dim(3);
   assert(y.dim(0) == n && y.dim(1) == 2 * h && y.dim(2) == 2 * w && y.dim(3) == c);
-  const bool bf16_out = y.dtype() == DType::kBF16;
+  const bool rounds = y.dtype() != x.dtype();
   const size_t element = tensor::dtype_size(y.dtype());
   const size_t pixel_bytes = static_cast<size_t>(c) * element;
-  const float* in = x.data<float>();
+  const char* in = static_cast<const char*>(x.raw_data());
   char* out = static_cast<char*>(y.raw_data());
 #pragma omp parallel
   {
-    std::vector<uint16_t> rounded(static_cast<size_t>(bf16_out ? w * c : 0));
+    std::vector<uint16_t> rounded(static_cast<size_t>(rounds ? w * c : 0));
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < n * h; ++row) {  // row = image * h + input row
-      const char* src = reinterpret_cast<const char*>(in + row * w * c);
-      if (bf16_out) {
-        to_bf16_row(in + row * w * c, rounded.data(), w * c);
+      const char* src = in + static_cast<size_t>(row * w * c) * tensor::dtype_size(x.dtype());
+      if (rounds) {
+        to_bf16_row(reinterpret_cast<const float*>(src), rounded.data(), w * c);
         src = reinterpret_cast<const char*>(rounded.data());
       }
       char* dst0 = out + static_cast<size_t>(row * 2 * (2 * w * c)) * element;  // output rows 2i and 2i+1

@@ -1,7 +1,7 @@
 // Conv2d on oneDNN: NHWC activations, weights reordered once into the primitive's preferred layout,
 // bias, extra bias, residual and activation fused; primitives cached per input shape and fusion.
-// In bf16 compute the weights are bf16 and each f32 input is rounded to a bf16 copy; bias, residual
-// and output stay f32 (oneDNN accumulates in f32).
+// In bf16 compute the weights are bf16 and each f32 input is rounded to a bf16 copy; the bias is
+// f32, the output and its residual f32 or bf16 (oneDNN accumulates in f32 and rounds once).
 //
 // In bf16 compute a residual is read by a binary-add post-op where it can be (not aliasing y,
 // scale 1, and a brgconv or jit implementation: oneDNN 2.6's gemm convolution gets a full-tensor
@@ -108,14 +108,18 @@ class OneDnnConv2d final : public Conv2d {
     }
   }
 
-  // x: [N, H, W, Cin]; y: [N, Ho, Wo, Cout], f32, or bf16 in bf16 compute without a residual.
+  // x: [N, H, W, Cin]; y: [N, Ho, Wo, Cout], f32, or bf16 in bf16 compute; a residual in y's dtype.
   void run(const Tensor& x, Tensor& y, const Conv2dExtras& extras) override {
     assert(x.is_contiguous() && y.is_contiguous());
-    assert(y.dtype() == DType::kF32 || (y.dtype() == compute_ && !extras.residual.defined()));
+    assert(y.dtype() == DType::kF32 || y.dtype() == compute_);
+    assert(!extras.residual.defined() || extras.residual.dtype() == y.dtype());
     if (y.dtype() != DType::kF32 && parts_ > 1) {
-      // The parts add up in dst, which must hold f32 for that: into an f32 y, then rounded once.
-      Tensor sum = Tensor::empty(y.shape());
-      run(x, sum, extras);
+      // The parts add up in dst, which must hold f32 for that: into an f32 y (from the residual,
+      // widened, where there is one), then rounded once.
+      Tensor sum = extras.residual.defined() ? extras.residual.to(DType::kF32) : Tensor::empty(y.shape());
+      Conv2dExtras in_sum = extras;
+      if (extras.residual.defined()) in_sum.residual = sum;
+      run(x, sum, in_sum);
       convert_to_bf16(sum.data<float>(), y.data<uint16_t>(), y.numel());
       return;
     }
@@ -127,7 +131,6 @@ class OneDnnConv2d final : public Conv2d {
     Residual wanted = Residual::kNone;
     if (extras.residual.defined()) {
       assert(extras.residual.numel() == y.numel() && extras.residual.is_contiguous());
-      assert(extras.residual.dtype() == DType::kF32);
       const bool in_place = extras.residual.raw_data() == y.raw_data();
       const bool binary = !in_place && extras.residual_scale == 1.0f && compute_ == DType::kBF16;
       wanted = binary ? Residual::kBinary : Residual::kSum;
@@ -145,7 +148,7 @@ class OneDnnConv2d final : public Conv2d {
     }
     // The sum post-op accumulates into dst, so a residual that is not y itself goes there first.
     if (entry.residual == Residual::kSum && extras.residual.raw_data() != y.raw_data()) {
-      parallel_copy(extras.residual.data<float>(), y.data<float>(), y.numel());
+      parallel_copy(extras.residual.raw_data(), y.raw_data(), static_cast<int64_t>(y.nbytes()));
     }
 
     const int64_t part_channels = in_channels_ / parts_;
@@ -191,7 +194,7 @@ class OneDnnConv2d final : public Conv2d {
   // gains only 1.0-1.45x in FLOP rate. A dst with strides that would put its rows straight into
   // y's makes oneDNN 2.6 leave brgconv for ref:any.
   void run_upsampled2x(const Tensor& x, Tensor& y, Tensor& scratch) override {
-    assert(x.dtype() == DType::kF32 && x.is_contiguous() && x.dim(3) == in_channels_);
+    assert((x.dtype() == DType::kF32 || x.dtype() == compute_) && x.is_contiguous() && x.dim(3) == in_channels_);
     assert(y.dtype() == DType::kF32 || y.dtype() == compute_);
     const int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2);
     if (!splits_by_parity()) {

@@ -1,7 +1,7 @@
 // Linear layers and batched matmuls on oneDNN's matmul: weights reordered once into the
 // primitive's preferred layout, bias, activation and residual fused, primitives cached per shape.
 // In bf16 compute the operands are bf16 (weights converted once, activations per call unless they
-// come in bf16), bias and residual f32, and the output f32 or bf16.
+// come in bf16), bias f32, and the output and its residual f32 or bf16.
 #include <cassert>
 #include <cstring>
 #include <unordered_map>
@@ -37,7 +37,8 @@ class OneDnnLinear final : public Linear {
   // x: [..., K] flattened to [M, K]; y: [..., N] as [M, N].
   void run(const Tensor& x, Tensor& y, const LinearExtras& extras) override {
     assert(x.is_contiguous() && y.is_contiguous());
-    assert(y.dtype() == DType::kF32 || (y.dtype() == compute_ && !extras.residual.defined()));
+    assert(y.dtype() == DType::kF32 || y.dtype() == compute_);
+    assert(!extras.residual.defined() || extras.residual.dtype() == y.dtype());
     assert(x.dim(-1) == in_features_ && y.dim(-1) == out_features_);
     const int64_t m = x.numel() / in_features_;
     assert(y.numel() == m * out_features_);
