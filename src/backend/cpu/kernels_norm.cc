@@ -8,6 +8,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__SSE__)
+#include <immintrin.h>
+#endif
+
 #include "backend/cpu/avx512_math.h"
 #include "backend/cpu/cpu_internal.h"
 #include "backend/cpu/vec_math.h"
@@ -26,6 +30,23 @@ namespace {
 // running ones: a block of at most 64 pixels x C channels (<= 128 KB at C = 512) stays in L1/L2
 // for its two short float passes, so the tensor is read from memory once for the statistics.
 constexpr int64_t kBlockPixels = 64;
+
+// How far ahead of a row the group norm's two passes ask for the cache lines they will read: rows
+// of a few hundred bytes each (C = 128 in bf16 at the VAE's largest level), read in order,
+// outpace the hardware prefetcher. Measured at [1, 512, 512, 128] bf16 with SiLU, in place, 2
+// threads: 13.8 -> 10.5-10.9 ms alone; 2048 or 8192 bytes did no better.
+constexpr int64_t kPrefetchBytes = 4096;
+
+// Asks for the cache lines `bytes` of a row at p will have, kPrefetchBytes further on.
+inline void prefetch_ahead(const void* p, int64_t bytes) {
+#if defined(__SSE__)
+  const char* ahead = static_cast<const char*>(p) + kPrefetchBytes;
+  for (int64_t b = 0; b < bytes; b += 64) _mm_prefetch(ahead + b, _MM_HINT_T0);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
 
 // Per channel, the mean and the sum of squared deviations from it (M2) of `count` values each.
 struct ChannelMoments {
@@ -84,6 +105,7 @@ ChannelMoments channel_moments(const T* xi, int64_t pixels, int64_t c) {
       std::fill(sum.begin(), sum.end(), 0.0f);
       for (int64_t p = p0; p < p1; ++p) {
         const T* row = xi + p * c;
+        prefetch_ahead(row, c * static_cast<int64_t>(sizeof(T)));
 #pragma omp simd
         for (int64_t ch = 0; ch < c; ++ch) s[ch] += widen(row[ch]);
       }
@@ -169,6 +191,10 @@ template <typename T>
 void group_norm_rows(const T* in, int64_t n, int64_t pixels, int64_t c, const GroupNormCoefficients& k,
                      const std::vector<float>& beta, bool silu_out, Tensor& y) {
   const bool bf16_out = y.dtype() == DType::kBF16;
+  // y's data pointers fetched once: a call inside the vector loops (Tensor::data is out of line)
+  // clobbers every vector register, constants included.
+  uint16_t* const y_bf16 = bf16_out ? y.data<uint16_t>() : nullptr;
+  float* const y_f32 = bf16_out ? nullptr : y.data<float>();
 #pragma omp parallel
   {
     // Each row is first copied (a bf16 one widened) into this f32 buffer in L1, and normalised from
@@ -184,6 +210,7 @@ void group_norm_rows(const T* in, int64_t n, int64_t pixels, int64_t c, const Gr
       const float* lo = k.mean_lo.data() + img * c;
       const float* bp = beta.data();
       const T* source = in + row * c;
+      prefetch_ahead(source, c * static_cast<int64_t>(sizeof(T)));
 #pragma omp simd
       for (int64_t ch = 0; ch < c; ++ch) widened[static_cast<size_t>(ch)] = widen(source[ch]);
       const float* xr = widened.data();
@@ -197,16 +224,16 @@ void group_norm_rows(const T* in, int64_t n, int64_t pixels, int64_t c, const Gr
                             _mm512_maskz_loadu_ps(m, lo + ch)),
               _mm512_maskz_loadu_ps(m, a + ch), _mm512_maskz_loadu_ps(m, bp + ch));
           if (bf16_out) {
-            _mm256_mask_storeu_epi16(y.data<uint16_t>() + row * c + ch, m, to_bf16_16(silu_16(v)));
+            _mm256_mask_storeu_epi16(y_bf16 + row * c + ch, m, to_bf16_16(silu_16(v)));
           } else {
-            _mm512_mask_storeu_ps(y.data<float>() + row * c + ch, m, silu_16(v));
+            _mm512_mask_storeu_ps(y_f32 + row * c + ch, m, silu_16(v));
           }
         }
         continue;
       }
 #endif
       if (bf16_out) {
-        uint16_t* yr = y.data<uint16_t>() + row * c;
+        uint16_t* yr = y_bf16 + row * c;
         if (silu_out) {
 #pragma omp simd
           for (int64_t ch = 0; ch < c; ++ch) yr[ch] = tensor::f32_to_bf16(silu(normalised(ch)));
@@ -215,7 +242,7 @@ void group_norm_rows(const T* in, int64_t n, int64_t pixels, int64_t c, const Gr
           for (int64_t ch = 0; ch < c; ++ch) yr[ch] = tensor::f32_to_bf16(normalised(ch));
         }
       } else {
-        float* yr = y.data<float>() + row * c;
+        float* yr = y_f32 + row * c;
         if (silu_out) {
 #pragma omp simd
           for (int64_t ch = 0; ch < c; ++ch) yr[ch] = silu(normalised(ch));
