@@ -88,16 +88,6 @@ bool Tensor::is_contiguous() const { return strides_ == contiguous_strides(shape
 
 std::string Tensor::shape_string() const { return base::shape_to_string(shape_); }
 
-void* Tensor::raw_data() {
-  assert(defined());
-  return static_cast<uint8_t*>(storage_->data()) + offset_;
-}
-
-const void* Tensor::raw_data() const {
-  assert(defined());
-  return static_cast<const uint8_t*>(storage_->data()) + offset_;
-}
-
 Tensor Tensor::reshape(const Shape& shape) const {
   assert(is_contiguous());
   Shape resolved = shape;

@@ -2,6 +2,7 @@
 // (a memory-mapped weight file kept alive by the tensor).
 #pragma once
 
+#include <cassert>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -64,8 +65,15 @@ class Tensor {
   bool is_contiguous() const;
   std::string shape_string() const;
 
-  void* raw_data();
-  const void* raw_data() const;
+  // Inline: kernels take these inside loops, where a call would clobber every vector register.
+  void* raw_data() {
+    assert(defined());
+    return static_cast<uint8_t*>(storage_->data()) + offset_;
+  }
+  const void* raw_data() const {
+    assert(defined());
+    return static_cast<const uint8_t*>(storage_->data()) + offset_;
+  }
   // Typed pointers; the dtype must match (f32 for float, f16/bf16 for uint16_t).
   template <typename T> T* data() { return static_cast<T*>(raw_data()); }
   template <typename T> const T* data() const { return static_cast<const T*>(raw_data()); }
