@@ -192,8 +192,8 @@ template <typename T>
 void group_norm_rows(const T* in, int64_t n, int64_t pixels, int64_t c, const GroupNormCoefficients& k,
                      const std::vector<float>& beta, bool silu_out, Tensor& y) {
   const bool bf16_out = y.dtype() == DType::kBF16;
-  // y's data pointers fetched once: a call inside the vector loops (Tensor::data is out of line)
-  // clobbers every vector register, constants included.
+  // y's data pointers fetched once, outside the vector loops: a call there (Tensor::raw_data was
+  // out of line) clobbers every vector register, constants included.
   uint16_t* const y_bf16 = bf16_out ? y.data<uint16_t>() : nullptr;
   float* const y_f32 = bf16_out ? nullptr : y.data<float>();
 #pragma omp parallel
