@@ -70,11 +70,8 @@ Backend* bf16_backend() {
 }
 
 // Skips the test where the CPU has no native bf16; fails it where it has but the backend refused.
-#define SKIP_WITHOUT_BF16()                                                                        \
-  if (bf16_backend() == nullptr) {                                                                 \
-    ASSERT_FALSE(__builtin_cpu_supports("avx512bf16")) << "AVX512-BF16 here, yet no bf16 backend"; \
-    GTEST_SKIP() << "this CPU has neither AVX512-BF16 nor AMX: no bf16 compute to test";           \
-  }
+#define SKIP_WITHOUT_BF16() \
+  if (bf16_backend() == nullptr) SD_SKIP_WITHOUT_NATIVE_BF16("the cpu backend refused bf16 compute")
 
 // t rounded to bf16 and back (undefined stays undefined): what the backend computes with.
 Tensor rounded(const Tensor& t) { return t.defined() ? t.to(DType::kBF16).to(DType::kF32) : Tensor(); }

@@ -136,10 +136,7 @@ class PipelineBf16Test : public ::testing::TestWithParam<std::string> {
 
   void SetUp() override {
     if (!have_golden()) GTEST_SKIP() << "no golden data at " << golden_dir();
-    if (bf16_ == nullptr) {
-      ASSERT_FALSE(__builtin_cpu_supports("avx512bf16")) << "this CPU has AVX512-BF16: " << bf16_error_;
-      GTEST_SKIP() << "no bf16 compute on this CPU: " << bf16_error_;
-    }
+    if (bf16_ == nullptr) SD_SKIP_WITHOUT_NATIVE_BF16(bf16_error_);
   }
 
   static inline std::unique_ptr<backend::Backend> f32_backend_, bf16_backend_;

@@ -17,6 +17,14 @@ std::string golden_dir();
 // True when the golden data is present; tests that need it GTEST_SKIP() otherwise.
 bool have_golden();
 
+// Ends a test that needs bf16 compute where the backend refused it (`why`): skipped on a CPU with
+// neither AVX512-BF16 nor AMX, failed on one with AVX512-BF16 (whose backend must not refuse).
+#define SD_SKIP_WITHOUT_NATIVE_BF16(why)                                                             \
+  do {                                                                                               \
+    ASSERT_FALSE(__builtin_cpu_supports("avx512bf16")) << "this CPU has AVX512-BF16, yet " << (why); \
+    GTEST_SKIP() << "no bf16 compute on this CPU: " << (why);                                        \
+  } while (0)
+
 // The parsed JSON file at `path` (a failed test assertion, and null, when it cannot be read).
 nlohmann::json read_json(const std::string& path);
 // The .npy file at `path` as an f32 tensor (a failed test assertion, and an undefined tensor, when
