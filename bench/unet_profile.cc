@@ -41,6 +41,7 @@ double cpu_seconds() {
 
 struct Stat {
   double seconds = 0;
+  double wall_seconds = 0;
   double flops = 0;
   int64_t calls = 0;
 };
@@ -51,10 +52,13 @@ class Profile {
   template <typename Run>
   void time(const std::string& kind, const std::string& shape, double flops, Run run) {
     const double start = cpu_seconds();
+    const auto wall_start = std::chrono::steady_clock::now();
     run();
     const double s = cpu_seconds() - start;
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
     for (Stat* stat : {&by_kind_[kind], &by_shape_[kind + " " + shape]}) {
       stat->seconds += s;
+      stat->wall_seconds += wall;
       stat->flops += flops;
       ++stat->calls;
     }
@@ -64,7 +68,7 @@ class Profile {
     by_shape_.clear();
   }
   void print(double total_s) const {
-    std::printf("%-60s %8s %6s %5s %9s\n", "op kind (CPU time)", "ms", "%", "calls", "GFLOP/s");
+    std::printf("%-60s %8s %6s %5s %9s %8s\n", "op kind (CPU time)", "ms", "%", "calls", "GFLOP/s", "wall ms");
     print_sorted(by_kind_, total_s, 100);
     std::printf("\ntop shapes\n");
     print_sorted(by_shape_, total_s, 30);
@@ -77,9 +81,9 @@ class Profile {
               [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
     for (size_t i = 0; i < rows.size() && i < limit; ++i) {
       const Stat& s = rows[i].second;
-      std::printf("%-60s %8.1f %5.1f%% %5lld %9.1f\n", rows[i].first.c_str(), s.seconds * 1e3,
+      std::printf("%-60s %8.1f %5.1f%% %5lld %9.1f %8.1f\n", rows[i].first.c_str(), s.seconds * 1e3,
                   100.0 * s.seconds / total_s, static_cast<long long>(s.calls),
-                  s.flops > 0 ? s.flops / s.seconds / 1e9 : 0.0);
+                  s.flops > 0 ? s.flops / s.seconds / 1e9 : 0.0, s.wall_seconds * 1e3);
     }
   }
   std::map<std::string, Stat> by_kind_, by_shape_;

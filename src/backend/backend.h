@@ -8,8 +8,8 @@
 //    convolutions, linears and matmuls round their inputs to bf16 and accumulate in f32.
 //  - Operands: convolutions, linears and attention also take their inputs in operand_dtype(), and
 //    the ops that feed them (group norm, layer norm, GEGLU, 2x upsampling, linears without a
-//    residual, attention) may write y in it. In bf16 compute that is bf16: the same numbers the consumer would have
-//    rounded to, without the rounding pass and at half the memory traffic. A convolution or
+//    residual, attention) may write y in it; GEGLU also reads x in it. In bf16 compute that is bf16: the same numbers
+//    the consumer would have rounded to, without the rounding pass and at half the memory traffic. A convolution or
 //    linear with a residual may also write y in it, from a residual in it (a model that keeps its
 //    residual stream in bf16, as the VAE does). Everything else (elementwise ops) is f32.
 //  - Weights come in their checkpoint layout and dtype (torch's OIHW conv weights, [out, in]
@@ -144,7 +144,7 @@ class Backend {
   // y = act(x), elementwise. y may alias x.
   virtual void activation(const Tensor& x, Activation activation, Tensor& y) = 0;
   // GEGLU as diffusers computes it: x: [..., 2F] split into (h, gate) along the last dim;
-  // y: [..., F] = h * gelu(gate), f32 or operand_dtype().
+  // y: [..., F] = h * gelu(gate). x and y each f32 or operand_dtype().
   virtual void geglu(const Tensor& x, Tensor& y) = 0;
   // y = a + b and y = a * b. b has a's shape, or the shape of a's trailing dims (broadcast over
   // the leading ones: a bias [C] over [N, H, W, C]). y may alias a.

@@ -265,8 +265,9 @@ Tensor Transformer2DModel::forward(const Tensor& x, const Tensor& context) const
   }
 
   // Buffers shared by the blocks.
-  // The inputs of linears and attention are written in the backend's operand dtype (bf16 in bf16
-  // compute); h, which the residuals accumulate onto, stays f32.
+  // The inputs of linears and attention, and the feed-forward's hidden activations (GEGLU's input),
+  // are written in the backend's operand dtype (bf16 in bf16 compute, as diffusers holds them in
+  // bf16); h, which the residuals accumulate onto, stays f32.
   const DType operand = backend.operand_dtype();
   Tensor h_normed = Tensor::empty({n, length, c}, operand);
   Tensor q = Tensor::empty({n, length, c}, operand);
@@ -278,7 +279,7 @@ Tensor Transformer2DModel::forward(const Tensor& x, const Tensor& context) const
   const int64_t rows = n * length;
   const int64_t block_rows = rows >= 2 * c ? std::min(kFeedForwardBlockRows, rows) : rows;
   Tensor ff_normed = Tensor::empty({block_rows, c}, operand);
-  Tensor ff_hidden = Tensor::empty({block_rows, 2 * ff});
+  Tensor ff_hidden = Tensor::empty({block_rows, 2 * ff}, operand);
   Tensor ff_gated = Tensor::empty({block_rows, ff}, operand);
   const LinearExtras add_to_h{Activation::kNone, h};  // y = x W^T + b + h, written over h
 

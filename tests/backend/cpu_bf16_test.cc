@@ -777,6 +777,15 @@ TEST(CpuBf16Backend, Bf16OperandsAreTheRoundedF32Ones) {
     bf16.geglu(x, gated);
     bf16.geglu(x, gated_operand);
     EXPECT_EQ(max_rel_diff(gated_operand.to(DType::kF32), rounded(gated)), 0.0f) << "geglu";
+    // GEGLU also reads a bf16 x (the feed-forward's hidden activations) exactly as its f32 values,
+    // into either dtype (c / 2 = 20 features reach the loop's tail).
+    const Tensor x_bf16 = x.to(DType::kBF16), x_widened = x_bf16.to(DType::kF32);
+    for (Tensor* gated_out : {&gated, &gated_operand}) {
+      Tensor expected = Tensor::empty(gated_out->shape(), gated_out->dtype());
+      bf16.geglu(x_widened, expected);
+      bf16.geglu(x_bf16, *gated_out);
+      EXPECT_EQ(max_rel_diff(gated_out->to(DType::kF32), expected.to(DType::kF32)), 0.0f) << "geglu of a bf16 x";
+    }
     Tensor up = Tensor::empty({2, 10, 14, c}), up_operand = Tensor::empty({2, 10, 14, c}, DType::kBF16);
     bf16.upsample_nearest2x(x, up);
     bf16.upsample_nearest2x(x, up_operand);

@@ -1,5 +1,5 @@
 // AVX-512 math on 16 lanes: 2^t for the attention kernels' online softmax, SiLU and the bf16
-// rounding for the group norm, GELU for GEGLU.
+// rounding for the group norm, GELU for GEGLU, and loads that widen bf16.
 #pragma once
 
 #if defined(__AVX512F__)
@@ -16,6 +16,13 @@ constexpr __mmask16 kAll = 0xffff;
 
 // The lanes [0, n) of a vector, n clamped to [0, 16]: a loop's tail, or rows past a tile's end.
 inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? kAll : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1); }
+
+// The `lanes` of 16 elements at p as f32 (0 in the others): f32 itself, or bf16 widened exactly.
+inline __m512 load_16(__mmask16 lanes, const float* p) { return _mm512_maskz_loadu_ps(lanes, p); }
+inline __m512 load_16(__mmask16 lanes, const uint16_t* p) {
+  return _mm512_castsi512_ps(
+      _mm512_maskz_slli_epi32(kAll, _mm512_maskz_cvtepu16_epi32(kAll, _mm256_maskz_loadu_epi16(lanes, p)), 16));
+}
 
 // 1 / d by vrcp14ps refined by one Newton step, r (2 - d r): within ~2 ulp, where a vdivps would
 // take as long as all the rest of the loops that use it (SiLU's and GELU's).

@@ -65,29 +65,28 @@ void activation(const Tensor& x, Activation act, Tensor& y) {
   }
 }
 
-// x: [rows, 2F] -> y: [rows, F] = x[:, :F] * gelu(x[:, F:]). On AVX-512 by gelu_16 (erf's
-// division as vrcp14ps) and to_bf16_16 (vcvtneps2bf16): at [128, 2560], one thread, 29% faster into
-// bf16 and 22% into f32 than the compiler's vectorisation of vec_math.h's gelu, whose vdivps and
-// integer rounding bounded the loop; now it runs at about L3's bandwidth.
-void geglu(const Tensor& x, Tensor& y) {
-  check_f32_contiguous(x);
-  assert(y.is_contiguous() && (y.dtype() == DType::kF32 || y.dtype() == DType::kBF16));
-  const int64_t features = y.dim(-1);
-  assert(x.dim(-1) == 2 * features);
-  const int64_t rows = y.numel() / features;
-  const float* in = x.data<float>();
+// x: [rows, 2F] -> y: [rows, F] = x[:, :F] * gelu(x[:, F:]); x f32, or bf16 (widened exactly, so
+// that a bf16 x gives what its f32 values give). On AVX-512 by gelu_16 (erf's division as vrcp14ps)
+// and to_bf16_16 (vcvtneps2bf16): at [128, 2560], one thread, 29% faster into bf16 and 22% into f32
+// than the compiler's vectorisation of vec_math.h's gelu, whose vdivps and integer rounding bounded
+// the loop; now it runs at about L3's bandwidth.
+namespace {
+
+template <typename T>
+void geglu_rows(const T* in, int64_t rows, int64_t features, Tensor& y) {
   const bool bf16_out = y.dtype() == DType::kBF16;
+  uint16_t* const y_bf16 = bf16_out ? y.data<uint16_t>() : nullptr;
+  float* const y_f32 = bf16_out ? nullptr : y.data<float>();
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
-    const float* h = in + r * 2 * features;
-    const float* gate = h + features;
-    uint16_t* o16 = bf16_out ? y.data<uint16_t>() + r * features : nullptr;
-    float* o32 = bf16_out ? nullptr : y.data<float>() + r * features;
+    const T* h = in + r * 2 * features;
+    const T* gate = h + features;
+    uint16_t* o16 = bf16_out ? y_bf16 + r * features : nullptr;
+    float* o32 = bf16_out ? nullptr : y_f32 + r * features;
 #if defined(__AVX512F__)
     for (int64_t f = 0; f < features; f += 16) {
       const __mmask16 lanes = first_lanes(features - f);
-      const __m512 out =
-          _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, h + f), gelu_16(_mm512_maskz_loadu_ps(lanes, gate + f)));
+      const __m512 out = _mm512_mul_ps(load_16(lanes, h + f), gelu_16(load_16(lanes, gate + f)));
       if (bf16_out) {
         _mm256_mask_storeu_epi16(o16 + f, lanes, to_bf16_16(out));
       } else {
@@ -97,12 +96,27 @@ void geglu(const Tensor& x, Tensor& y) {
 #else
     if (bf16_out) {  // rounded in the same loop, as the norms do
 #pragma omp simd
-      for (int64_t f = 0; f < features; ++f) o16[f] = tensor::f32_to_bf16(h[f] * gelu(gate[f]));
+      for (int64_t f = 0; f < features; ++f) o16[f] = tensor::f32_to_bf16(widen(h[f]) * gelu(widen(gate[f])));
     } else {
 #pragma omp simd
-      for (int64_t f = 0; f < features; ++f) o32[f] = h[f] * gelu(gate[f]);
+      for (int64_t f = 0; f < features; ++f) o32[f] = widen(h[f]) * gelu(widen(gate[f]));
     }
 #endif
+  }
+}
+
+}  // namespace
+
+void geglu(const Tensor& x, Tensor& y) {
+  assert(x.is_contiguous() && (x.dtype() == DType::kF32 || x.dtype() == DType::kBF16));
+  assert(y.is_contiguous() && (y.dtype() == DType::kF32 || y.dtype() == DType::kBF16));
+  const int64_t features = y.dim(-1);
+  assert(x.dim(-1) == 2 * features);
+  const int64_t rows = y.numel() / features;
+  if (x.dtype() == DType::kBF16) {
+    geglu_rows(x.data<uint16_t>(), rows, features, y);
+  } else {
+    geglu_rows(x.data<float>(), rows, features, y);
   }
 }
 

@@ -55,10 +55,6 @@ struct ChannelMoments {
   std::vector<double> mean, m2;
 };
 
-// An element of x as f32: f32 itself, or a bf16's bits as the high half of an f32.
-inline float widen(float x) { return x; }
-inline float widen(uint16_t x) { return tensor::bf16_to_f32(x); }
-
 // Channel by channel (c of them; one for a single set of values): a <- the moments of a's values and
 // b's, by Chan et al.'s pairwise update (no E[x^2] - mean^2, which cancels catastrophically when the
 // variance is small next to the mean). Every channel has seen the same number of values, so the

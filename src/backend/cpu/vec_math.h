@@ -51,6 +51,10 @@ inline float silu(float x) { return x / (1.0f + exp_approx(-x)); }
 inline float gelu(float x) { return 0.5f * x * (1.0f + erf_approx(x * 0.70710678118654752f)); }
 inline float quick_gelu(float x) { return x / (1.0f + exp_approx(-1.702f * x)); }
 
+// An element as f32: f32 itself, or a bf16's bits as the high half of an f32 (exact).
+inline float widen(float x) { return x; }
+inline float widen(uint16_t x) { return tensor::bf16_to_f32(x); }
+
 // y = x rounded to bf16 by tensor::f32_to_bf16 (branch-free: the loop vectorises), on AVX-512 by
 // to_bf16_16 (the same bits; vcvtneps2bf16 where the CPU has AVX512-BF16).
 inline void to_bf16_row(const float* x, uint16_t* y, int64_t count) {
