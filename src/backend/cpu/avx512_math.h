@@ -17,11 +17,16 @@ constexpr __mmask16 kAll = 0xffff;
 // The lanes [0, n) of a vector, n clamped to [0, 16]: a loop's tail, or rows past a tile's end.
 inline __mmask16 first_lanes(int64_t n) { return n >= 16 ? kAll : n <= 0 ? 0 : static_cast<__mmask16>((1u << n) - 1); }
 
+// 16 bf16 values as the f32 bits they stand for: each in the high half of a 32-bit lane, the low
+// half zero (exact).
+inline __m512i widen_bf16_16(__m256i bf16) {
+  return _mm512_maskz_slli_epi32(kAll, _mm512_maskz_cvtepu16_epi32(kAll, bf16), 16);
+}
+
 // The `lanes` of 16 elements at p as f32 (0 in the others): f32 itself, or bf16 widened exactly.
 inline __m512 load_16(__mmask16 lanes, const float* p) { return _mm512_maskz_loadu_ps(lanes, p); }
 inline __m512 load_16(__mmask16 lanes, const uint16_t* p) {
-  return _mm512_castsi512_ps(
-      _mm512_maskz_slli_epi32(kAll, _mm512_maskz_cvtepu16_epi32(kAll, _mm256_maskz_loadu_epi16(lanes, p)), 16));
+  return _mm512_castsi512_ps(widen_bf16_16(_mm256_maskz_loadu_epi16(lanes, p)));
 }
 
 // 1 / d by vrcp14ps refined by one Newton step, r (2 - d r): within ~2 ulp, where a vdivps would
@@ -111,9 +116,7 @@ inline __m256i to_bf16_16(__m512 x) {
 
 // x rounded to bf16 as to_bf16_16, each in the high half of a 32-bit lane (the low half zero): the
 // f32 bits of the rounded values, or a bf16 ready to pair with another by a shift and an or.
-inline __m512i to_bf16_16_high(__m512 x) {
-  return _mm512_maskz_slli_epi32(kAll, _mm512_maskz_cvtepu16_epi32(kAll, to_bf16_16(x)), 16);
-}
+inline __m512i to_bf16_16_high(__m512 x) { return widen_bf16_16(to_bf16_16(x)); }
 
 }  // namespace sdstack::backend::cpu
 

@@ -199,7 +199,7 @@ void upsample_nearest2x(const Tensor& x, Tensor& y) {
   const int64_t n = x.dim(0), h = x.dim(1), w = x.dim(2), c = x.dim(3);
   assert(y.dim(0) == n && y.dim(1) == 2 * h && y.dim(2) == 2 * w && y.dim(3) == c);
   const bool rounds = y.dtype() != x.dtype();
-  const size_t element = tensor::dtype_size(y.dtype());
+  const size_t element = tensor::dtype_size(y.dtype()), x_element = tensor::dtype_size(x.dtype());
   const size_t pixel_bytes = static_cast<size_t>(c) * element;
   const char* in = static_cast<const char*>(x.raw_data());
   char* out = static_cast<char*>(y.raw_data());
@@ -208,7 +208,7 @@ void upsample_nearest2x(const Tensor& x, Tensor& y) {
     std::vector<uint16_t> rounded(static_cast<size_t>(rounds ? w * c : 0));
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < n * h; ++row) {  // row = image * h + input row
-      const char* src = in + static_cast<size_t>(row * w * c) * tensor::dtype_size(x.dtype());
+      const char* src = in + static_cast<size_t>(row * w * c) * x_element;
       if (rounds) {
         to_bf16_row(reinterpret_cast<const float*>(src), rounded.data(), w * c);
         src = reinterpret_cast<const char*>(rounded.data());

@@ -296,6 +296,8 @@ void layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float 
   const float* bp = b.data();
   const float* in = x.data<float>();
   const bool bf16_out = y.dtype() == DType::kBF16;
+  uint16_t* const y_bf16 = bf16_out ? y.data<uint16_t>() : nullptr;  // fetched once, as group_norm_rows does
+  float* const y_f32 = bf16_out ? nullptr : y.data<float>();
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = in + r * c;
@@ -313,11 +315,11 @@ void layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float 
     const float rstd = static_cast<float>(1.0 / std::sqrt(sum_sq / static_cast<double>(c) + eps));
     const float m = static_cast<float>(mean);
     if (bf16_out) {  // rounded in the same loop, as group_norm does
-      uint16_t* yr = y.data<uint16_t>() + r * c;
+      uint16_t* yr = y_bf16 + r * c;
 #pragma omp simd
       for (int64_t i = 0; i < c; ++i) yr[i] = tensor::f32_to_bf16((xr[i] - m) * rstd * gp[i] + bp[i]);
     } else {
-      float* yr = y.data<float>() + r * c;
+      float* yr = y_f32 + r * c;
 #pragma omp simd
       for (int64_t i = 0; i < c; ++i) yr[i] = (xr[i] - m) * rstd * gp[i] + bp[i];
     }
