@@ -349,11 +349,12 @@ Tensor UNet2DConditionModel::time_embedding(float timestep) {
     emb[half + i] = config_.flip_sin_to_cos ? sin_arg : cos_arg;
   }
   // TimestepEmbedding: linear_2(silu(linear_1(t_emb))); every resnet then applies SiLU to it, so
-  // that SiLU is fused here once.
+  // that SiLU is fused here once. Both outputs are only read by linears: in the operand dtype, each
+  // rounded once here rather than by each of the ~20 resnets' time_emb_proj.
   const int64_t temb = config_.time_embedding_dim;
-  Tensor hidden = Tensor::empty({1, temb});
+  Tensor hidden = Tensor::empty({1, temb}, backend_.operand_dtype());
   time_embedding_linear_1_->run(t_emb, hidden, backend::LinearExtras{Activation::kSiLU, {}});
-  Tensor silu_emb = Tensor::empty({1, temb});
+  Tensor silu_emb = Tensor::empty({1, temb}, backend_.operand_dtype());
   time_embedding_linear_2_->run(hidden, silu_emb, backend::LinearExtras{Activation::kSiLU, {}});
   return silu_emb;
 }
@@ -372,8 +373,12 @@ Result<Tensor> UNet2DConditionModel::forward(const Tensor& sample, float timeste
                                   "] (one text embedding per sample)");
   }
   const Tensor x = sample.is_contiguous() ? sample : sample.contiguous();
-  const Tensor context =
-      encoder_hidden_states.is_contiguous() ? encoder_hidden_states : encoder_hidden_states.contiguous();
+  // The text embeddings only feed the cross-attention's to_k and to_v: in the operand dtype, rounded
+  // once per call rather than by each of those 32 linears (in SD 1.5).
+  const tensor::DType operand = backend_.operand_dtype();
+  const Tensor context = encoder_hidden_states.is_contiguous() && encoder_hidden_states.dtype() == operand
+                             ? encoder_hidden_states
+                             : encoder_hidden_states.to(operand);
 
   // 1. Time: silu(time_embedding(t)) as [1, temb], shared by the batch.
   const Tensor temb = time_embedding(timestep);
