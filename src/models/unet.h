@@ -73,7 +73,8 @@ class UNet2DConditionModel {
   struct UpBlock;
   UNet2DConditionModel(const UNet2DConditionConfig& config, Backend& backend);
 
-  // get_timestep_embedding + time_embedding, then SiLU (all its users apply one): [1, temb].
+  // get_timestep_embedding + time_embedding, then SiLU (all its users apply one): [1, temb], in the
+  // backend's operand dtype (only the resnets' time_emb_proj linears read it).
   Tensor time_embedding(float timestep);
 
   UNet2DConditionConfig config_;
