@@ -131,9 +131,11 @@ Result<Upsample2D> Upsample2D::load(WeightLoader& load, const std::string& prefi
 namespace {
 
 // torch's F.interpolate(mode="nearest", size=...) for sizes other than 2x: source row
-// min(floor(dst * (in / out)), in - 1), the scale computed in float as torch does.
+// min(floor(dst * (in / out)), in - 1), the scale computed in float as torch does. Each pixel's C
+// values are copied, so x and y are of one dtype, any.
 void resize_nearest(const Tensor& x, Tensor& y) {
   // x: [N, H, W, C]; y: [N, Ho, Wo, C]
+  assert(x.dtype() == y.dtype() && x.is_contiguous() && y.is_contiguous());
   const int64_t n_batch = x.dim(0), h_in = x.dim(1), w_in = x.dim(2), channels = x.dim(3);
   const int64_t h_out = y.dim(1), w_out = y.dim(2);
   auto source = [](int64_t dst, int64_t in, int64_t out) {
@@ -143,14 +145,16 @@ void resize_nearest(const Tensor& x, Tensor& y) {
     const int64_t src = static_cast<int64_t>(std::floor(static_cast<float>(dst) * scale));
     return src < in - 1 ? src : in - 1;
   };
-  const size_t pixel_bytes = static_cast<size_t>(channels) * sizeof(float);
+  const size_t pixel_bytes = static_cast<size_t>(channels) * tensor::dtype_size(x.dtype());
+  const char* in = static_cast<const char*>(x.raw_data());
+  char* out = static_cast<char*>(y.raw_data());
   for (int64_t n = 0; n < n_batch; ++n) {
     for (int64_t i = 0; i < h_out; ++i) {
       const int64_t si = source(i, h_in, h_out);
       for (int64_t j = 0; j < w_out; ++j) {
         const int64_t sj = source(j, w_in, w_out);
-        std::memcpy(y.data<float>() + ((n * h_out + i) * w_out + j) * channels,
-                    x.data<float>() + ((n * h_in + si) * w_in + sj) * channels, pixel_bytes);
+        std::memcpy(out + static_cast<size_t>((n * h_out + i) * w_out + j) * pixel_bytes,
+                    in + static_cast<size_t>((n * h_in + si) * w_in + sj) * pixel_bytes, pixel_bytes);
       }
     }
   }
@@ -168,8 +172,8 @@ Tensor Upsample2D::forward(const Tensor& x, int64_t out_height, int64_t out_widt
     conv_->run_upsampled2x(x, y, scratch);
     return y;
   }
-  Tensor up = empty_activation(pool, y.shape());
-  resize_nearest(x.dtype() == DType::kF32 ? x : x.to(DType::kF32), up);
+  Tensor up = empty_activation(pool, y.shape(), x.dtype());  // the conv reads f32 or the operand dtype
+  resize_nearest(x, up);
   conv_->run(up, y);
   return y;
 }
