@@ -73,10 +73,92 @@ void merge_channels(double& a_count, double* a_mean, double* a_m2, double b_coun
   a_count = count;
 }
 
+// Per channel of a block of `rows` pixels at x (C = c channels): s = the block mean, rounded to
+// float (the float sum over the rows, in order, divided by their count), and from it the sums r of
+// the deviations d = x - s and q of their squares d d, in float.
+template <typename T>
+void block_sums_scalar(const T* x, int64_t rows, int64_t c, float* s, float* r, float* q) {
+  std::fill(s, s + c, 0.0f);
+  for (int64_t p = 0; p < rows; ++p) {
+    const T* row = x + p * c;
+    prefetch_ahead(row, c * static_cast<int64_t>(sizeof(T)));
+#pragma omp simd
+    for (int64_t ch = 0; ch < c; ++ch) s[ch] += widen(row[ch]);
+  }
+  const float count = static_cast<float>(rows);
+#pragma omp simd
+  for (int64_t ch = 0; ch < c; ++ch) {
+    s[ch] /= count;
+    r[ch] = 0.0f;
+    q[ch] = 0.0f;
+  }
+  for (int64_t p = 0; p < rows; ++p) {
+    const T* row = x + p * c;
+#pragma omp simd
+    for (int64_t ch = 0; ch < c; ++ch) {
+      const float d = widen(row[ch]) - s[ch];
+      r[ch] += d;
+      q[ch] += d * d;
+    }
+  }
+}
+
+#if defined(__AVX512F__)
+// block_sums over channels [ch, ch + 16 kVectors) (those below c), the same float operations in
+// the same order with the accumulators in registers: the loops above keep them in memory, and
+// each row's additions then wait on the previous row's stores: the statistics of [1, 512, 512, 128] in bf16
+// took 5.2 ms on 2 threads that way, 3.1 ms this way (a plain read of it: 2.1 ms).
+template <int kVectors, typename T>
+void block_sums_16(const T* x, int64_t rows, int64_t c, int64_t ch, float* s, float* r, float* q) {
+  __mmask16 lanes[kVectors];
+  __m512 sum[kVectors], dev[kVectors], sq[kVectors];
+  for (int v = 0; v < kVectors; ++v) {
+    lanes[v] = first_lanes(c - ch - 16 * v);
+    sum[v] = _mm512_setzero_ps();
+    dev[v] = _mm512_setzero_ps();
+    sq[v] = _mm512_setzero_ps();
+  }
+  for (int64_t p = 0; p < rows; ++p) {
+    const T* row = x + p * c;
+    if (ch == 0) prefetch_ahead(row, c * static_cast<int64_t>(sizeof(T)));
+    for (int v = 0; v < kVectors; ++v) sum[v] = _mm512_add_ps(sum[v], load_16(lanes[v], row + ch + 16 * v));
+  }
+  const __m512 count = _mm512_set1_ps(static_cast<float>(rows));
+  for (int v = 0; v < kVectors; ++v) sum[v] = _mm512_div_ps(sum[v], count);  // the block mean
+  for (int64_t p = 0; p < rows; ++p) {
+    const T* row = x + p * c + ch;
+    for (int v = 0; v < kVectors; ++v) {
+      const __m512 d = _mm512_sub_ps(load_16(lanes[v], row + 16 * v), sum[v]);
+      dev[v] = _mm512_add_ps(dev[v], d);
+      sq[v] = _mm512_add_ps(sq[v], _mm512_mul_ps(d, d));
+    }
+  }
+  for (int v = 0; v < kVectors; ++v) {
+    _mm512_mask_storeu_ps(s + ch + 16 * v, lanes[v], sum[v]);
+    _mm512_mask_storeu_ps(r + ch + 16 * v, lanes[v], dev[v]);
+    _mm512_mask_storeu_ps(q + ch + 16 * v, lanes[v], sq[v]);
+  }
+}
+#endif
+
+template <typename T>
+void block_sums(const T* x, int64_t rows, int64_t c, float* s, float* r, float* q) {
+#if defined(__AVX512F__)
+  // Eight vectors at a time (the sums, deviations, squares and means of 128 channels fill 32
+  // registers less eight), then the remaining vectors.
+  int64_t ch = 0;
+  for (; ch + 128 <= c; ch += 128) block_sums_16<8>(x, rows, c, ch, s, r, q);
+  for (; ch + 64 <= c; ch += 64) block_sums_16<4>(x, rows, c, ch, s, r, q);
+  for (; ch < c; ch += 16) block_sums_16<1>(x, rows, c, ch, s, r, q);
+#else
+  block_sums_scalar(x, rows, c, s, r, q);
+#endif
+}
+
 // Per-channel moments of one image xi: [pixels, C]. Each thread takes a range of pixels; per
-// block, float sums across channels (contiguous, vectorised) give a block mean, a second pass over
-// the cached block the squared deviations from it and their residual sum (the block mean's
-// rounding), all merged into the thread's doubles; the threads' moments are merged last. (The
+// block, float sums (block_sums) give a block mean, a second pass over the cached block the squared
+// deviations from it and their residual sum (the block mean's rounding), all merged into the
+// thread's doubles; the threads' moments are merged last. (The
 // merges run over all channels at once: one channel at a time, with its divisions, they took 40%
 // of the statistics' time at [1, 512, 512, 128].)
 template <typename T>
@@ -98,29 +180,7 @@ ChannelMoments channel_moments(const T* xi, int64_t pixels, int64_t c) {
     float* q = squares.data();
     for (int64_t p0 = begin; p0 < end; p0 += kBlockPixels) {
       const int64_t p1 = std::min(p0 + kBlockPixels, end);
-      const float count = static_cast<float>(p1 - p0);
-      std::fill(sum.begin(), sum.end(), 0.0f);
-      for (int64_t p = p0; p < p1; ++p) {
-        const T* row = xi + p * c;
-        prefetch_ahead(row, c * static_cast<int64_t>(sizeof(T)));
-#pragma omp simd
-        for (int64_t ch = 0; ch < c; ++ch) s[ch] += widen(row[ch]);
-      }
-#pragma omp simd
-      for (int64_t ch = 0; ch < c; ++ch) {
-        s[ch] /= count;  // now the block mean, rounded to float
-        r[ch] = 0.0f;
-        q[ch] = 0.0f;
-      }
-      for (int64_t p = p0; p < p1; ++p) {
-        const T* row = xi + p * c;
-#pragma omp simd
-        for (int64_t ch = 0; ch < c; ++ch) {
-          const float d = widen(row[ch]) - s[ch];
-          r[ch] += d;
-          q[ch] += d * d;
-        }
-      }
+      block_sums(xi + p0 * c, p1 - p0, c, s, r, q);
       // Deviations from the rounded mean m: the block's mean is m + r/n and its M2 is q - r^2/n.
       const double n = static_cast<double>(p1 - p0), inverse = 1.0 / n;
 #pragma omp simd
