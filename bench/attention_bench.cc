@@ -3,7 +3,7 @@
 // kernel against the oneDNN matmul path, and in bf16 the fused AMX kernel, the AVX-512 flash kernel
 // in bf16 (CPUs without AMX) and the matmul path.
 // Also the second level's self-attention [2, 1024, 640], 8 heads of 80, and the VAE's mid-block
-// attention [1, 4096, 512], one head of 512.
+// attention [1, 4096, 512], one head of 512, also with peaked scores (q and k ten times larger).
 // Usage: attention_bench [threads] [runs] [kernel]; prints the median CPU time of `runs` of each,
 // alternated (use one thread where other work shares the machine); with `kernel` (say "bf16 AMX
 // flash") only the kernels whose names start so run, against the f32 matmuls for their error.
@@ -23,12 +23,13 @@ using namespace sdstack::backend;
 
 namespace {
 
-Tensor random_tensor(const Shape& shape, uint32_t seed) {
+// Uniform in [-amplitude, amplitude).
+Tensor random_tensor(const Shape& shape, uint32_t seed, float amplitude = 1.0f) {
   Tensor t = Tensor::empty(shape);
   float* p = t.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i) {
     seed = seed * 1664525u + 1013904223u;
-    p[i] = static_cast<float>(seed >> 8) / 16777216.0f * 2.0f - 1.0f;
+    p[i] = (static_cast<float>(seed >> 8) / 16777216.0f * 2.0f - 1.0f) * amplitude;
   }
   return t;
 }
@@ -64,13 +65,16 @@ int main(int argc, char** argv) {
   struct Case {
     const char* name;
     int64_t lq, lk, channels, heads;
+    float amplitude = 1.0f;  // of q and k: 10 makes the scores peaked, their max rising over many chunks
   };
   for (const Case& c : {Case{"self  [2,4096,320] x [2,4096,320] H=8 D=40", 4096, 4096, 320, 8},
                         Case{"cross [2,4096,320] x [2,77,320]   H=8 D=40", 4096, 77, 320, 8},
                         Case{"self  [2,1024,640] x [2,1024,640] H=8 D=80", 1024, 1024, 640, 8},
-                        Case{"VAE   [1,4096,512] x [1,4096,512] H=1 D=512", 4096, 4096, 512, 1}}) {
+                        Case{"VAE   [1,4096,512] x [1,4096,512] H=1 D=512", 4096, 4096, 512, 1},
+                        Case{"VAE, peaked scores (q, k in [-10, 10))", 4096, 4096, 512, 1, 10.0f}}) {
     const int64_t batch = c.heads == 1 ? 1 : 2, heads = c.heads;
-    const Tensor q = random_tensor({batch, c.lq, c.channels}, 1), k = random_tensor({batch, c.lk, c.channels}, 2),
+    const Tensor q = random_tensor({batch, c.lq, c.channels}, 1, c.amplitude),
+                 k = random_tensor({batch, c.lk, c.channels}, 2, c.amplitude),
                  v = random_tensor({batch, c.lk, c.channels}, 3);
     const double gflop = 4.0 * batch * c.lq * c.lk * c.channels / 1e9;
     // As a bf16 model hands them over (the UNet's q, k, v and attention output are bf16).

@@ -8,10 +8,13 @@
 //  - attention 1e-5: f32 sums over D (scores) and Lk (P v) around an f32 softmax, fused (flash: an
 //    online softmax over key tiles) or as two oneDNN matmuls;
 //  - add, mul, scale, upsample, concat: exact (0), the same single f32 operation or a copy.
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 
 #include "backend/backend.h"
+#include "backend/cpu/vec_math.h"
 #include "cpu_test_util.h"
 #include "testing/testing.h"
 
@@ -224,6 +227,86 @@ TEST(CpuAttention, FlashTilesAndHeadDims) {
     EXPECT_LE(max_rel_diff(y_cpu, y_ref), kAttentionTolerance);
   }
 }
+
+#if defined(__SSE__)
+// MXCSR's flush-to-zero and denormals-are-zero bits.
+constexpr unsigned kFlushBits = 0x8040;
+
+// How many of the softmax probabilities of heads x queries x keys (q, k: [1, L, H*D]) are
+// below 2^-126, from scores in double.
+int64_t denormal_probabilities(const Tensor& q, const Tensor& k, int64_t heads) {
+  const int64_t lq = q.dim(1), lk = k.dim(1), channels = q.dim(2), d = channels / heads;
+  int64_t count = 0;
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t i = 0; i < lq; ++i) {
+      std::vector<double> s(static_cast<size_t>(lk));
+      for (int64_t j = 0; j < lk; ++j) {
+        double dot = 0;
+        for (int64_t c = 0; c < d; ++c) {
+          dot += static_cast<double>(q.data<float>()[i * channels + h * d + c]) *
+                 k.data<float>()[j * channels + h * d + c];
+        }
+        s[static_cast<size_t>(j)] = dot / std::sqrt(static_cast<double>(d));
+      }
+      const double max = *std::max_element(s.begin(), s.end());
+      double sum = 0;
+      for (double x : s) sum += std::exp(x - max);
+      for (double x : s) count += std::exp(x - max) / sum < std::ldexp(1.0, -126) ? 1 : 0;
+    }
+  }
+  return count;
+}
+
+// Scores so peaked that most probabilities fall below 2^-126, where x86 cores slow down ~100x per
+// operation: the kernels compute them with denormals flushed (cpu::DenormalsFlushed), which
+// changes nothing above 2^-126, and leave every thread's floating-point mode as they found it.
+// Tolerance 1e-4: scores of rms ~33 carry f32 rounding of ~1e-5 relative into the probabilities.
+TEST(CpuAttention, PeakedScoresWithDenormalsFlushed) {
+  struct Case {
+    int64_t lq, lk, heads, head_dim;
+    bool causal;
+  };
+  const Case cases[] = {
+      {200, 300, 2, 64, false},  // the flash kernel, several key tiles
+      {130, 130, 2, 64, true},   // causal
+      {64, 100, 1, 512, false},  // one head of 512, as the VAE's
+  };
+  uint64_t seed = 1380;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "Lq" << c.lq << " Lk" << c.lk << " H" << c.heads << " D" << c.head_dim
+                                      << (c.causal ? " causal" : ""));
+    const int64_t channels = c.heads * c.head_dim;
+    // q.k / sqrt(D) of rms 100 / 3 (the variance of U[-10, 10), squared, D times, over D).
+    const Tensor q = random_tensor({1, c.lq, channels}, seed++, -10.0f, 10.0f);
+    const Tensor k = random_tensor({1, c.lk, channels}, seed++, -10.0f, 10.0f);
+    const Tensor v = random_tensor({1, c.lk, channels}, seed++);
+    EXPECT_GT(denormal_probabilities(q, k, c.heads), c.lq * c.lk * c.heads / 4);  // of the full softmax's
+    Tensor y_ref = Tensor::empty({1, c.lq, channels}), y_cpu = Tensor::empty({1, c.lq, channels});
+    reference_backend().attention(q, k, v, c.heads, c.causal, y_ref);
+    cpu_backend().attention(q, k, v, c.heads, c.causal, y_cpu);
+    EXPECT_LE(max_rel_diff(y_cpu, y_ref), 1e-4f);
+    int flushing = 0;
+#pragma omp parallel reduction(+ : flushing)
+    flushing += (_mm_getcsr() & kFlushBits) != 0 ? 1 : 0;
+    EXPECT_EQ(flushing, 0) << "a thread left in flush-to-zero mode";
+  }
+}
+
+TEST(CpuDenormalsFlushed, FlushesWhileAliveAndRestoresAfter) {
+  volatile float tiny = 1e-30f, factor = 1e-10f;  // volatile: multiplied at run time, under MXCSR
+  const unsigned before = _mm_getcsr();
+  EXPECT_GT(std::fabs(tiny * factor), 0.0f);  // 1e-40, a denormal
+  {
+    const cpu::DenormalsFlushed flushed;
+    EXPECT_EQ(_mm_getcsr() & kFlushBits, kFlushBits);
+    EXPECT_EQ(tiny * factor, 0.0f);
+    { const cpu::DenormalsFlushed nested; }
+    EXPECT_EQ(tiny * factor, 0.0f) << "a nested guard restores the flushing mode it found";
+  }
+  EXPECT_EQ(_mm_getcsr() & kFlushBits, before & kFlushBits);
+  EXPECT_GT(std::fabs(tiny * factor), 0.0f);
+}
+#endif
 
 TEST(CpuElementwise, Activations) {
   const Tensor x = random_tensor({2, 9, 9, 333}, 1500, -20.0f, 20.0f);  // includes the saturated tails

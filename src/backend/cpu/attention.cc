@@ -367,6 +367,7 @@ void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, con
     if (row_scale.size() < static_cast<size_t>(score_rows)) row_scale.resize(static_cast<size_t>(score_rows));
 #pragma omp parallel
     {
+      const DenormalsFlushed flushed;  // the probabilities P v reads too
       // In bf16 the f32 probabilities go to a row in cache and only their bf16 copy to memory:
       // writing them back over the scores would cost another pass over the tile's 64 MB.
       std::vector<float> row_buffer(static_cast<size_t>(bf16 ? lk : 0));
@@ -442,6 +443,7 @@ void flash_tiles(const float* q, int64_t q_token, const float* k, int64_t kv_hea
   // Below ~64K multiply-adds a parallel region costs more than the attention (tiny models').
 #pragma omp parallel if (batch * heads * lq * lk * d > 65536)
   {
+    const DenormalsFlushed flushed;
     struct alignas(64) Vector16 {
       float lanes[16];
     };

@@ -30,7 +30,7 @@ namespace sdstack::backend::cpu {
 namespace {
 
 // Queries per tile: two AMX tiles of 16 rows.
-constexpr int64_t kQueries = 32;
+constexpr int64_t kQueries = 32;  // also the bits of chunk_softmax's mask of rows
 // Keys per chunk: the chunk's f32 scores (32 x 64, 8 KB), its two bf16 probability buffers (8 KB),
 // the running output (6 KB at D = 40) and the queries (4 KB) stay in L1 together. Measured about
 // 5-10% faster than chunks of 128 at SD's first level (5% slower at the second, D = 80).
@@ -249,7 +249,7 @@ void prefetch_rows(const void* base, int64_t element_size, int64_t at, int64_t r
 
 // Per-thread buffers of one query tile: scores [32][kChunk] f32, two chunks' probabilities
 // [32][kChunk] bf16, the running output [32][dv] f32, per query its running max and sum, the
-// correction of a chunk that moved some row's max and a copy of the sum, and the packed queries.
+// correction of a chunk that moved some row's max and the chunk's terms, and the packed queries.
 struct TileScratch {
   float* scores;
   uint16_t* probabilities[2];
@@ -257,7 +257,7 @@ struct TileScratch {
   __m512* row_max;  // [32] each
   __m512* row_sum;
   __m512* row_correction;
-  __m512* row_saved;  // the sums before a chunk, for its redo
+  __m512* row_terms;  // a chunk's terms (lane sums) per row, added to the sum once checked
   uint16_t* queries;  // [32][dp], packed by pack_q
 };
 
@@ -285,33 +285,58 @@ __attribute__((always_inline)) inline __m512 row_probabilities(const float* s, i
 
 // Online softmax of one chunk's scores (keys [k0, key_end) of it real), per query row in f32: the
 // bf16 probabilities, and where a row's (integer) max moves, the new max and the power of two
-// 2^(old - new) that rescales what was summed under the old one (into scratch.row_correction, whose
-// other rows stay 1). Returns whether any row's max moved.
-bool chunk_softmax(const TileScratch& scratch, int64_t q0, int64_t k0, int64_t key_end, bool causal, __m512 scale,
-                   uint16_t* probabilities) {
+// 2^(old - new) that rescales what was summed under the old one (into scratch.row_correction).
+// Returns the rows whose max moved, a bit each.
+uint32_t chunk_softmax(const TileScratch& scratch, int64_t q0, int64_t k0, int64_t key_end, bool causal, __m512 scale,
+                       uint16_t* probabilities) {
   const int64_t valid_keys = key_end - k0 < kChunk ? key_end - k0 : kChunk;
   const int64_t chunk = round_up(valid_keys, kKeyStep);
   __m512* const row_max = scratch.row_max;  // locals: the compiler cannot tell that p's stores miss them
   __m512* const row_sum = scratch.row_sum;
   __m512* const correction = scratch.row_correction;
   const float* const scores = scratch.scores;
-  bool moved = false;
   const __m512 headroom = _mm512_set1_ps(std::exp2(kMaxHeadroom));
+  uint32_t moved = 0;
+  // Row r's chunk with its max raised to the ceiling of its scores' (valid of them): the
+  // probabilities and the sum again, and the correction 2^(old - new) of what was summed before
+  // (exact, and 0 at first: 2^-inf).
+  const auto raise_max = [&](int64_t r, int64_t valid) {
+    const float* s = scores + r * kChunk;
+    __m512 max16 = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < chunk; j += 16) {
+      max16 = _mm512_mask_max_ps(max16, first_lanes(valid - j), max16, _mm512_loadu_ps(s + j));
+    }
+    const __m512 max = _mm512_maskz_max_ps(kAll, row_max[r],
+                                           _mm512_maskz_roundscale_ps(kAll, _mm512_mul_ps(broadcast_max(max16), scale),
+                                                                      _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC));
+    correction[r] = _mm512_maskz_scalef_ps(kAll, _mm512_set1_ps(1.0f), _mm512_sub_ps(row_max[r], max));
+    row_max[r] = max;
+    const __m512 terms = row_probabilities(s, valid, chunk, scale, max, probabilities + r * kChunk);
+    row_sum[r] = _mm512_add_ps(_mm512_mul_ps(row_sum[r], correction[r]), terms);
+    moved |= 1u << r;
+  };
   // The common case: a whole chunk of keys that every row sees, after the first (every row has a
   // max). Tried against the rows' maxes with no branch per row: one check of the largest lane sum
   // after all rows (the per-row checks and branches cost ~10% of the softmax). Past the headroom,
-  // the sums go back and the rows below redo what needs redoing.
+  // only the rows past it are redone, the others keep their terms: with peaked scores (large q.k,
+  // whose max keeps rising for many chunks; attention_bench's peaked case) 66 -> 59-64 ms CPU.
   if (k0 > 0 && valid_keys == kChunk && (!causal || q0 >= k0 + kChunk - 1)) {
     __m512 largest = _mm512_setzero_ps();
     for (int64_t r = 0; r < kQueries; ++r) {
       const __m512 terms =
           row_probabilities(scores + r * kChunk, kChunk, kChunk, scale, row_max[r], probabilities + r * kChunk);
       largest = _mm512_maskz_max_ps(kAll, largest, terms);
-      scratch.row_saved[r] = row_sum[r];
-      row_sum[r] = _mm512_add_ps(row_sum[r], terms);
+      scratch.row_terms[r] = terms;
     }
-    if (_mm512_cmp_ps_mask(largest, headroom, _CMP_GT_OQ) == 0) return false;
-    for (int64_t r = 0; r < kQueries; ++r) row_sum[r] = scratch.row_saved[r];
+    const bool past_headroom = _mm512_cmp_ps_mask(largest, headroom, _CMP_GT_OQ) != 0;
+    for (int64_t r = 0; r < kQueries; ++r) {
+      if (past_headroom && _mm512_cmp_ps_mask(scratch.row_terms[r], headroom, _CMP_GT_OQ) != 0) {
+        raise_max(r, kChunk);
+      } else {
+        row_sum[r] = _mm512_add_ps(row_sum[r], scratch.row_terms[r]);
+      }
+    }
+    return moved;
   }
   for (int64_t r = 0; r < kQueries; ++r) {
     const int64_t query = q0 + r;
@@ -326,7 +351,7 @@ bool chunk_softmax(const TileScratch& scratch, int64_t q0, int64_t k0, int64_t k
     // then exceed 1, by up to 2^kMaxHeadroom, which changes no rounded p_j (powers of two scale
     // bf16 exactly; up to the f32 rounding of t - m) and saves the max pass, the lanes' reduction
     // and the rescaling: 22% of the kernel at SD's first level. A lane whose terms add up past
-    // 2^kMaxHeadroom (as any single term past it does) has the chunk redone below with a new max;
+    // 2^kMaxHeadroom (as any single term past it does) has the chunk redone with a new max;
     // checking the sum rather than a max of t saves an instruction per 16 scores.
     if (_mm512_cmp_ps_mask(row_max[r], _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ) != 0) {
       const __m512 terms = valid == kChunk ? row_probabilities(s, kChunk, kChunk, scale, row_max[r], p)
@@ -336,19 +361,7 @@ bool chunk_softmax(const TileScratch& scratch, int64_t q0, int64_t k0, int64_t k
         continue;
       }
     }
-    __m512 max16 = _mm512_set1_ps(-INFINITY);
-    for (int64_t j = 0; j < chunk; j += 16) {
-      max16 = _mm512_mask_max_ps(max16, first_lanes(valid - j), max16, _mm512_loadu_ps(s + j));
-    }
-    // ceil(max t) in every lane; the correction 2^(old - new) is exact, and 0 at first (2^-inf).
-    const __m512 max = _mm512_maskz_max_ps(kAll, row_max[r],
-                                           _mm512_maskz_roundscale_ps(kAll, _mm512_mul_ps(broadcast_max(max16), scale),
-                                                                      _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC));
-    correction[r] = _mm512_maskz_scalef_ps(kAll, _mm512_set1_ps(1.0f), _mm512_sub_ps(row_max[r], max));
-    row_max[r] = max;
-    const __m512 terms = row_probabilities(s, valid, chunk, scale, max, p);
-    row_sum[r] = _mm512_add_ps(_mm512_mul_ps(row_sum[r], correction[r]), terms);
-    moved = true;
+    raise_max(r, valid);
   }
   return moved;
 }
@@ -359,8 +372,8 @@ bool chunk_softmax(const TileScratch& scratch, int64_t q0, int64_t k0, int64_t k
 //
 // Software-pipelined by one chunk: iteration i runs q k^T of chunk i, out += P v of chunk i - 1
 // (accumulated in place: out is loaded into the accumulator tiles), and the softmax of chunk i, in
-// that order. Only after a chunk that moved some row's max (at the first chunk, and rarely after:
-// the max may lag) is out rescaled on AVX-512 before the next P v. AMX tile loads cannot take data
+// that order. Only after a chunk that moved some rows' max (at the first chunk, and rarely after:
+// the max may lag) are those rows of out rescaled on AVX-512 before the next P v. AMX tile loads cannot take data
 // from pending vector stores (nor vector loads from tile stores): each waits until the stores reach
 // the cache. In this order every buffer but the rare rescale's is read one step of other work after
 // it was written, not right away.
@@ -383,8 +396,7 @@ void amx_tile(const uint16_t* k, const uint16_t* v, int64_t d, int64_t dp, int64
     scratch.row_sum[r] = _mm512_setzero_ps();
   }
   for (int64_t i = 0; i < kQueries * dv; ++i) scratch.out[i] = 0.0f;
-  for (int64_t r = 0; r < kQueries; ++r) scratch.row_correction[r] = _mm512_set1_ps(1.0f);
-  bool moved = false;  // the latest softmax moved a max: out needs its correction before P v
+  uint32_t moved = 0;  // the rows whose max the latest softmax moved: out's need their correction before P v
   const Operand q0_tile{scratch.queries, dp * 2, 64}, q1_tile{scratch.queries + 16 * dp, dp * 2, 64};
   const __m512 scale = _mm512_set1_ps(log2e_alpha);
   const int64_t chunks = (key_end + kChunk - 1) / kChunk;
@@ -401,13 +413,11 @@ void amx_tile(const uint16_t* k, const uint16_t* v, int64_t d, int64_t dp, int64
     }
     const int64_t previous = i - 1;  // the chunk whose P v runs now
     if (previous >= 0) {
-      if (moved) {
-        for (int64_t r = 0; r < kQueries; ++r) {
-          float* o = scratch.out + r * dv;
-          for (int64_t c = 0; c < dv; c += 16) {
-            _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), scratch.row_correction[r]));
-          }
-          scratch.row_correction[r] = _mm512_set1_ps(1.0f);
+      for (uint32_t rows = moved; rows != 0; rows &= rows - 1) {  // only those (at D = 512, out is 64 KB)
+        const int r = __builtin_ctz(rows);
+        float* o = scratch.out + r * dv;
+        for (int64_t c = 0; c < dv; c += 16) {
+          _mm512_storeu_ps(o + c, _mm512_mul_ps(_mm512_loadu_ps(o + c), scratch.row_correction[r]));
         }
       }
       // 32 queries x 32 channels per product, over the chunk in steps of 32 keys.
@@ -454,6 +464,7 @@ bool flash_attention_amx(OneDnn& onednn, const Tensor& q, const Tensor& k, const
   // Below ~64K multiply-adds a parallel region costs more than the attention (tiny models').
 #pragma omp parallel if (bh_count * lq * lk * d > 65536)
   {
+    const DenormalsFlushed flushed;
     std::vector<uint16_t> key_rows(static_cast<size_t>(16 * channels));
     pack_k(k_rows, batch, lk, heads, d, lk_pad, dp, key_rows.data(), k_packed);
     pack_v(v_rows, batch, lk, heads, d, lk_pad, dv, key_rows.data(), v_packed);  // ends with the barrier
