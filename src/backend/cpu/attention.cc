@@ -367,7 +367,7 @@ void attention_matmuls(MatmulCache& cache, const Tensor& q, const Tensor& k, con
     if (row_scale.size() < static_cast<size_t>(score_rows)) row_scale.resize(static_cast<size_t>(score_rows));
 #pragma omp parallel
     {
-      const DenormalsFlushed flushed;  // the probabilities P v reads too
+      const DenormalsFlushed flushed;  // which also keeps denormal probabilities out of the P v matmul
       // In bf16 the f32 probabilities go to a row in cache and only their bf16 copy to memory:
       // writing them back over the scores would cost another pass over the tile's 64 MB.
       std::vector<float> row_buffer(static_cast<size_t>(bf16 ? lk : 0));

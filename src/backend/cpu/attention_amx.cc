@@ -373,10 +373,10 @@ uint32_t chunk_softmax(const TileScratch& scratch, int64_t q0, int64_t k0, int64
 // Software-pipelined by one chunk: iteration i runs q k^T of chunk i, out += P v of chunk i - 1
 // (accumulated in place: out is loaded into the accumulator tiles), and the softmax of chunk i, in
 // that order. Only after a chunk that moved some rows' max (at the first chunk, and rarely after:
-// the max may lag) are those rows of out rescaled on AVX-512 before the next P v. AMX tile loads cannot take data
-// from pending vector stores (nor vector loads from tile stores): each waits until the stores reach
-// the cache. In this order every buffer but the rare rescale's is read one step of other work after
-// it was written, not right away.
+// the max may lag) are those rows of out rescaled on AVX-512 before the next P v. AMX tile loads
+// cannot take data from pending vector stores (nor vector loads from tile stores): each waits until
+// the stores reach the cache. In this order every buffer but the rare rescale's is read one step of
+// other work after it was written, not right away.
 //
 // The AMX unit and AVX-512 do not overlap here: at SD's first level the tile products alone take
 // ~55% of the kernel's time and the softmax alone ~45%, and together they take the sum. They can
@@ -396,7 +396,7 @@ void amx_tile(const uint16_t* k, const uint16_t* v, int64_t d, int64_t dp, int64
     scratch.row_sum[r] = _mm512_setzero_ps();
   }
   for (int64_t i = 0; i < kQueries * dv; ++i) scratch.out[i] = 0.0f;
-  uint32_t moved = 0;  // the rows whose max the latest softmax moved: out's need their correction before P v
+  uint32_t moved = 0;  // rows whose max the latest softmax moved: their out rows are rescaled before P v
   const Operand q0_tile{scratch.queries, dp * 2, 64}, q1_tile{scratch.queries + 16 * dp, dp * 2, 64};
   const __m512 scale = _mm512_set1_ps(log2e_alpha);
   const int64_t chunks = (key_end + kChunk - 1) / kChunk;

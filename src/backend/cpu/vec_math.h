@@ -31,6 +31,8 @@ class DenormalsFlushed {
 #if defined(__SSE__)
   DenormalsFlushed() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | kFlushToZero | kDenormalsAreZero); }
   ~DenormalsFlushed() { _mm_setcsr(saved_); }
+#else
+  DenormalsFlushed() {}  // elsewhere a no-op
 #endif
   DenormalsFlushed(const DenormalsFlushed&) = delete;
   DenormalsFlushed& operator=(const DenormalsFlushed&) = delete;
