@@ -65,9 +65,11 @@ inline float exp_approx(float x) {
   return p * __builtin_bit_cast(float, bits);
 }
 
-// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7, well below the f32 tolerances).
+// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error <= 1.5e-7, well below the f32 tolerances);
+// |x| capped at kErfSaturated, where erf is 1 in f32 and no intermediate is yet a denormal.
 inline float erf_approx(float x) {
   float a = x < 0.0f ? -x : x;
+  a = a > kErfSaturated ? kErfSaturated : a;
   float t = 1.0f / (1.0f + 0.3275911f * a);
   float p = 1.061405429f;
   p = p * t - 1.453152027f;
