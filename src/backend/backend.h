@@ -8,10 +8,11 @@
 //    convolutions, linears and matmuls round their inputs to bf16 and accumulate in f32.
 //  - Operands: convolutions, linears and attention also take their inputs in operand_dtype(), and
 //    the ops that feed them (group norm, layer norm, GEGLU, 2x upsampling, linears without a
-//    residual, attention) may write y in it; GEGLU also reads x in it. In bf16 compute that is bf16: the same numbers
-//    the consumer would have rounded to, without the rounding pass and at half the memory traffic. A convolution or
-//    linear with a residual may also write y in it, from a residual in it (a model that keeps its
-//    residual stream in bf16, as the VAE does). Everything else (elementwise ops) is f32.
+//    residual, attention) may write y in it; GEGLU also reads x in it. In bf16 compute that is
+//    bf16: the same numbers the consumer would have rounded to, without the rounding pass and at
+//    half the memory traffic. A convolution or linear with a residual may also write y in it, from
+//    a residual in it (a model that keeps its residual stream in bf16, as the VAE does).
+//    Everything else (elementwise ops) is f32.
 //  - Weights come in their checkpoint layout and dtype (torch's OIHW conv weights, [out, in]
 //    linear weights, f16/bf16/f32) and are prepared once by make_conv2d/make_linear.
 //  - A backend object is used by one thread at a time; it parallelises inside each op.
@@ -80,9 +81,9 @@ class Conv2d {
   virtual void run(const Tensor& x, Tensor& y, const Conv2dExtras& extras = {}) = 0;
   // y = this convolution of x upsampled 2x by nearest neighbour (each pixel repeated 2x2), as
   // diffusers' Upsample2D: x [N, H, W, Cin] (f32 or the operand dtype), y as run() gives for a
-  // [N, 2H, 2W, Cin] input. `scratch` is f32 memory of y's size the backend may use during the call. The CPU backend
-  // runs a 3x3, stride 1, padding 1 convolution as four 2x2 convolutions on x, one per parity of the output pixel (4/9
-  // of the work), and interleaves their outputs into y.
+  // [N, 2H, 2W, Cin] input. `scratch` is f32 memory of y's size the backend may use during the
+  // call. The CPU backend runs a 3x3, stride 1, padding 1 convolution as four 2x2 convolutions on
+  // x, one per parity of the output pixel (4/9 of the work), and interleaves their outputs into y.
   virtual void run_upsampled2x(const Tensor& x, Tensor& y, Tensor& scratch) = 0;
   virtual int64_t in_channels() const = 0;
   virtual int64_t out_channels() const = 0;

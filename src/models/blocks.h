@@ -45,11 +45,12 @@ class ResnetBlock2D {
   // Weights under `prefix.`: norm1, conv1, [time_emb_proj], norm2, conv2, [conv_shortcut].
   static base::Result<ResnetBlock2D> load(WeightLoader& load, const std::string& prefix, const Options& options);
 
-  // x: [N, H, W, in]; silu_temb: silu(temb) as [1, temb_channels] (f32 or the operand dtype), one timestep shared by
-  // the batch, or undefined when the block has no time embedding. Returns [N, H, W, out], f32, or in the operand dtype
-  // with operand_activations. With a pool, the output and the scratch come from it. x is f32, or in the backend's
-  // operand dtype where the block has a shortcut conv (then only norm1 and the shortcut read it, not the residual sum)
-  // or operand_activations.
+  // x: [N, H, W, in]; silu_temb: silu(temb) as [1, temb_channels] (f32 or the operand dtype), one
+  // timestep shared by the batch, or undefined when the block has no time embedding. Returns
+  // [N, H, W, out], f32, or in the operand dtype with operand_activations. With a pool, the output
+  // and the scratch come from it. x is f32, or in the backend's operand dtype where the block has a
+  // shortcut conv (then only norm1 and the shortcut read it, not the residual sum) or
+  // operand_activations.
   Tensor forward(const Tensor& x, const Tensor& silu_temb, BufferPool* pool = nullptr) const;
 
   int64_t out_channels() const { return options_.out_channels; }

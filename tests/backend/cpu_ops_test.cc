@@ -250,8 +250,8 @@ int64_t denormal_probabilities(const Tensor& q, const Tensor& k, int64_t heads) 
       }
       const double max = *std::max_element(s.begin(), s.end());
       double sum = 0;
-      for (double x : s) sum += std::exp(x - max);
-      for (double x : s) count += std::exp(x - max) / sum < std::ldexp(1.0, -126) ? 1 : 0;
+      for (double& x : s) sum += x = std::exp(x - max);  // s now holds the unnormalised terms
+      for (double x : s) count += x / sum < std::ldexp(1.0, -126) ? 1 : 0;
     }
   }
   return count;
